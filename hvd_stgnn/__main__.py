@@ -1,0 +1,5 @@
+import sys
+
+from hvd_stgnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""Build a batch from window starts with one gather on the raw series.
+
+The raw series is held once (on CPU a view of the loaded array, later node-shared memory;
+on GPU one device copy). A batch of B starts becomes a (B, L+H) index of steps and one
+`index_select` of (B*(L+H), N) rows: no per-sample Python loop and no materialized windows.
+Normalization and time features are applied to the gathered rows only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, L, N, F) normalized speed, time of day
+    y: torch.Tensor  # (B, H, N) raw target speed
+    mask: torch.Tensor  # (B, H, N) bool, True where the target reading is present
+
+
+def time_of_day(timestamps: np.ndarray) -> np.ndarray:
+    """Fraction of the day in [0, 1) for int64 seconds since epoch: (T,) float32."""
+    return ((np.asarray(timestamps, dtype=np.int64) % SECONDS_PER_DAY) / SECONDS_PER_DAY).astype(np.float32)
+
+
+class WindowGather:
+    """Callable: starts (B,) int64 -> Batch.
+
+    series: (T_local, N) float32 raw speeds, 0 or NaN where missing; row 0 is global step
+        `step_offset`, so a rank may hold only the steps its starts need.
+    timestamps: (T_local,) int64 seconds of the same rows.
+    """
+
+    num_features = 2  # speed, time of day
+
+    def __init__(
+        self,
+        series: torch.Tensor,
+        timestamps: np.ndarray,
+        input_steps: int,
+        horizon: int,
+        mean: float,
+        std: float,
+        step_offset: int = 0,
+    ) -> None:
+        if series.dim() != 2:
+            raise ValueError(f"series must be (T, N), got shape {tuple(series.shape)}")
+        self.series = series
+        self.device = series.device
+        self.tod = torch.from_numpy(time_of_day(timestamps)).to(self.device)
+        self.input_steps = input_steps
+        self.horizon = horizon
+        self.mean = mean
+        self.std = std
+        self.step_offset = step_offset
+        self._offsets = torch.arange(input_steps + horizon, device=self.device)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.series.shape[1]
+
+    def __call__(self, starts: torch.Tensor | np.ndarray) -> Batch:
+        starts = torch.as_tensor(starts, dtype=torch.int64, device=self.device)
+        L, H, N = self.input_steps, self.horizon, self.num_nodes
+        steps = (starts - self.step_offset)[:, None] + self._offsets  # (B, L+H)
+        window = self.series.index_select(0, steps.reshape(-1)).view(-1, L + H, N)
+
+        inputs, y = window[:, :L], window[:, L:]
+        present = torch.isfinite(inputs) & (inputs != 0)
+        # Missing inputs become 0 after normalization, i.e. the training mean.
+        speed = torch.where(present, (inputs - self.mean) / self.std, torch.zeros((), device=self.device))
+        tod = self.tod[steps[:, :L]]  # (B, L)
+        x = torch.stack([speed, tod[:, :, None].expand(-1, -1, N)], dim=-1)
+
+        mask = torch.isfinite(y) & (y != 0)
+        y = torch.where(mask, y, torch.zeros((), device=self.device))
+        return Batch(x=x, y=y, mask=mask)

@@ -1,0 +1,59 @@
+"""Z-score statistics of the training inputs, exact, without building a window.
+
+DCRNN normalizes with the mean and std of the materialized training inputs x_train. A raw
+step t appears in as many training inputs as there are starts s with s <= t < s + L, so
+weighting each step by that multiplicity gives the same mean and std in closed form.
+Missing readings (0 or NaN) are excluded, as they are masked in the loss.
+
+Sums are separable over disjoint start ranges: each rank sums its range, an allreduce of
+the three numbers gives the global statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hvd_stgnn.batching.windows import StartRange
+
+
+def input_multiplicity(starts: StartRange, input_steps: int) -> tuple[int, np.ndarray]:
+    """Steps [t0, t0 + len(w)) and the number of input windows of `starts` holding each.
+
+    w[t - t0] = #{s in [start, stop) : s <= t < s + L}.
+    """
+    t0 = starts.start
+    t = np.arange(starts.count + input_steps - 1, dtype=np.int64)  # relative to t0
+    first = np.maximum(0, t - input_steps + 1)  # earliest start whose input holds t
+    last = np.minimum(t, starts.count - 1)  # latest start whose input holds t
+    return t0, (last - first + 1).astype(np.float64)
+
+
+def valid_mask(values: np.ndarray) -> np.ndarray:
+    """True where a reading is present (finite and not the 0.0 missing marker)."""
+    return np.isfinite(values) & (values != 0)
+
+
+def input_moment_sums(series: np.ndarray, starts: StartRange, input_steps: int, step_offset: int = 0) -> np.ndarray:
+    """[sum w, sum w*x, sum w*x^2] over valid readings of the inputs of `starts`, float64.
+
+    series: (T_local, N) raw speeds whose row 0 is global step `step_offset`.
+    """
+    if starts.count == 0:
+        return np.zeros(3)
+    t0, weights = input_multiplicity(starts, input_steps)
+    block = np.asarray(series[t0 - step_offset : t0 - step_offset + len(weights)], dtype=np.float64)
+    valid = valid_mask(block)
+    x = np.where(valid, block, 0.0)
+    w = weights[:, None] * valid
+    return np.array([w.sum(), (w * x).sum(), (w * x * x).sum()])
+
+
+def stats_from_sums(sums: np.ndarray) -> tuple[float, float]:
+    """(mean, std) from [sum w, sum w*x, sum w*x^2]; population std, as numpy's x.std()."""
+    total, s1, s2 = (float(v) for v in sums)
+    if total <= 0:
+        raise ValueError("no valid (non-zero, finite) reading in the training inputs")
+    mean = s1 / total
+    var = max(s2 / total - mean * mean, 0.0)
+    std = float(np.sqrt(var))
+    return mean, (std if std > 0 else 1.0)

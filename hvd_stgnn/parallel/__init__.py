@@ -1,0 +1,39 @@
+"""Distributed backends. The only package that imports Horovod or torch.distributed."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from hvd_stgnn.parallel.base import Backend, SingleProcessBackend
+from hvd_stgnn.parallel.launcher import launcher_local_rank, launcher_rank, launcher_size, under_launcher
+
+
+def _horovod() -> Backend:
+    from hvd_stgnn.parallel.horovod_backend import HorovodBackend
+
+    return HorovodBackend()
+
+
+BACKENDS: dict[str, Callable[[], Backend]] = {
+    "horovod": _horovod,
+    "single": SingleProcessBackend,
+}
+
+
+def make_backend(name: str) -> Backend:
+    """Build the backend `name` (a key of BACKENDS); collective under a launcher."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    return BACKENDS[name]()
+
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "SingleProcessBackend",
+    "launcher_local_rank",
+    "launcher_rank",
+    "launcher_size",
+    "make_backend",
+    "under_launcher",
+]

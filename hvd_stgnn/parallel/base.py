@@ -1,0 +1,69 @@
+"""The small interface the trainer uses for everything distributed.
+
+The trainer never imports Horovod or torch.distributed; it holds a `Backend` and calls:
+rank/size/local_rank/local_size, `allreduce_sum`, `broadcast_state`, `wrap_optimizer`,
+`allgather_object`, `abort`. Implementations: `SingleProcessBackend` (here) and
+`HorovodBackend` (horovod_backend.py); DDP comes later behind the same interface.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+
+class Backend:
+    """Interface; every method is collective where it says so (all ranks must call it)."""
+
+    name = "abstract"
+    rank = 0
+    size = 1
+    local_rank = 0
+    local_size = 1
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Collective: element-wise sum over ranks (returns a new tensor)."""
+        raise NotImplementedError
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Collective: make parameters and optimizer state equal to rank 0's."""
+        raise NotImplementedError
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Return an optimizer whose step() uses gradients averaged over ranks."""
+        raise NotImplementedError
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Collective: list of every rank's `obj`, in rank order."""
+        raise NotImplementedError
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now (used when one rank fails)."""
+        sys.exit(code)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class SingleProcessBackend(Backend):
+    """One process, no communication: what `hvd-stgnn train` uses without a launcher."""
+
+    name = "single"
+
+    def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.clone()
+
+    def broadcast_state(self, model, optimizer) -> None:
+        return None
+
+    def wrap_optimizer(self, optimizer, model):
+        return optimizer
+
+    def allgather_object(self, obj):
+        return [obj]

@@ -1,0 +1,53 @@
+"""Shared helpers: small datasets, running the CLI, launching real mpirun jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+LOCAL_LAUNCHER = REPO / "jobs" / "local.sh"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # The launcher puts .venv/bin first; make sure this interpreter's scripts win too.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`hvd-stgnn ARGS` as a single process (no launcher)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hvd_stgnn", *args],
+        capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO,
+    )
+
+
+def run_mpi(np_: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`jobs/local.sh -np N python -m hvd_stgnn ARGS`: a real mpirun job."""
+    return subprocess.run(
+        ["bash", str(LOCAL_LAUNCHER), "-np", str(np_), sys.executable, "-m", "hvd_stgnn", *args],
+        capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO,
+    )
+
+
+def our_error_lines(stderr: str) -> list[str]:
+    """Lines our program printed as errors (mpirun adds its own banner around them)."""
+    return [line for line in stderr.splitlines() if line.startswith("hvd-stgnn")]
+
+
+@pytest.fixture(scope="session")
+def small_h5(tmp_path_factory) -> Path:
+    """20 sensors x 4 days: small enough for seconds-long training runs."""
+    from hvd_stgnn.data import generate, write_dataset
+
+    path = tmp_path_factory.mktemp("data") / "small.h5"
+    write_dataset(path, generate(20, 4 * 288, seed=1))
+    return path

@@ -1,0 +1,72 @@
+"""CLI: subcommands work; bad input gives one clear line and a non-zero exit."""
+
+import json
+
+import pytest
+
+from conftest import our_error_lines, run_cli, run_mpi
+
+
+def test_data_synth_and_info(tmp_path):
+    out = tmp_path / "d.h5"
+    r = run_cli("data", "synth", "--preset", "tiny", "--nodes", "8", "--steps", "600", "--seed", "3", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "T=600 N=8" in r.stdout
+    r = run_cli("data", "info", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert (info["steps"], info["sensors"], info["interval_s"]) == (600, 8, 300)
+    assert info["start"] == "2024-01-01 00:00"
+
+
+def _assert_one_line(r, *fragments):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_data_file(tmp_path):
+    missing = tmp_path / "nope.h5"
+    _assert_one_line(run_cli("train", "--data", str(missing)), str(missing), "no such file")
+
+
+def test_unknown_model(small_h5):
+    _assert_one_line(run_cli("train", "--data", str(small_h5), "--model", "gcnn"), "--model", "invalid choice: 'gcnn'")
+
+
+@pytest.mark.parametrize(
+    "flags,fragment",
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--batch-size", "x"], "--batch-size"),
+        (["--split", "0.5,0.5"], "--split"),
+        (["--backend", "nccl"], "--backend"),
+    ],
+)
+def test_bad_flags(small_h5, flags, fragment):
+    _assert_one_line(run_cli("train", "--data", str(small_h5), *flags), fragment)
+
+
+def test_data_not_hdf5(tmp_path):
+    bad = tmp_path / "speed.csv"
+    bad.write_text("a,b\n1,2\n")
+    _assert_one_line(run_cli("train", "--data", str(bad)), str(bad), "not a readable HDF5 file")
+
+
+def test_series_too_short_for_a_split(tmp_path):
+    out = tmp_path / "short.h5"
+    assert run_cli("data", "synth", "--nodes", "4", "--steps", "25", "--out", str(out)).returncode == 0
+    _assert_one_line(run_cli("train", "--data", str(out), "--backend", "single"), str(out), "cannot be split")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("flags,fragment", [(["--model", "gcnn"], "invalid choice"), ([], "no such file")])
+def test_bad_input_under_mpirun_prints_once_and_every_rank_fails(tmp_path, flags, fragment):
+    r = run_mpi(2, "train", "--data", str(tmp_path / "nope.h5"), *flags, timeout=60)
+    assert r.returncode != 0
+    lines = our_error_lines(r.stderr)
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

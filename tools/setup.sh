@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Idempotent environment setup for hvd_stgnn; `make setup` runs this.
+#
+# 1. Open MPI from Debian when `mpirun` is missing.
+# 2. A virtual environment (.venv) with torch, mpi4py (built against the system MPI),
+#    h5py, torch-geometric, tqdm, matplotlib, pytest and this package (editable).
+# 3. Horovod 0.28.1 for PyTorch + MPI, built from the PyPI sdist with two fixes
+#    (C++17 for torch >= 2.1, CMAKE_POLICY_VERSION_MINIMUM for CMake 4), the wheel cached
+#    outside the repo keyed by Horovod, torch, Python, MPI and GPU settings.
+# 4. A check that Horovod was built with MPI and PyTorch; setup fails loudly otherwise.
+#
+# Environment knobs:
+#   VENV=path                 virtual environment (default: <repo>/.venv)
+#   TORCH_VERSION=2.13.0      torch to install when none is importable already
+#   HVD_STGNN_CACHE=dir       wheel cache (default: ~/.cache/hvd_stgnn)
+#   HOROVOD_GPU_OPERATIONS, HOROVOD_BUILD_CUDA_CC_LIST, HOROVOD_NCCL_HOME, HOROVOD_CUDA_HOME
+#                             passed through to the Horovod build (GPU clusters) and part
+#                             of the cache key.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+HOROVOD_VERSION=0.28.1
+CACHE="${HVD_STGNN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvd_stgnn}"
+DEPS=(numpy mpi4py h5py torch-geometric tqdm matplotlib pytest packaging setuptools wheel cmake)
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. MPI -------------------------------------------------------------------------------
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
+    say "mpirun/mpicc not found: installing Debian's Open MPI (openmpi-bin libopenmpi-dev)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    command -v apt-get >/dev/null 2>&1 \
+        || die "no mpirun and no apt-get: install an MPI (Open MPI or MPICH, with mpicc) and rerun"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+fi
+command -v mpirun >/dev/null 2>&1 || die "mpirun still missing after install"
+MPI_VERSION="$(mpirun --version 2>/dev/null | head -n1 | tr -cs 'A-Za-z0-9.' '-' | sed 's/-$//')"
+say "MPI: $MPI_VERSION"
+
+# --- 2. virtual environment --------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+    if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+        # Reuse the user's torch (often a site-specific CUDA build) instead of a second one.
+        say "creating $VENV (reusing torch $("$PYTHON" -c 'import torch; print(torch.__version__)') from $PYTHON)"
+        "$PYTHON" -m venv --system-site-packages "$VENV"
+    else
+        say "creating $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    say "installing torch==$TORCH_VERSION"
+    "${PIP[@]}" install numpy "torch==$TORCH_VERSION"
+fi
+TORCH_VER="$("$PY" -c 'import torch; print(torch.__version__)')"
+say "torch: $TORCH_VER"
+
+missing=()
+for dep in "${DEPS[@]}"; do
+    mod="${dep//-/_}"
+    case "$dep" in torch-geometric) mod=torch_geometric ;; setuptools) mod=setuptools ;; esac
+    "$PY" -c "import $mod" >/dev/null 2>&1 || missing+=("$dep")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    # mpi4py from source so it links the same MPI library that Horovod and mpirun use.
+    "${PIP[@]}" install --no-binary=mpi4py "${missing[@]}"
+fi
+
+# --- 3. Horovod --------------------------------------------------------------------------
+horovod_ok() {
+    "$PY" - <<'PY' >/dev/null 2>&1
+import mpi4py.MPI  # noqa: F401  (Horovod must be initialised after mpi4py)
+import horovod.torch as hvd
+assert hvd.mpi_built()
+PY
+}
+
+if ! horovod_ok; then
+    PYTAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+    GPU_KEY="cpu"
+    if [ -n "${HOROVOD_GPU_OPERATIONS:-}${HOROVOD_GPU_ALLREDUCE:-}" ]; then
+        GPU_KEY="gpu-${HOROVOD_GPU_OPERATIONS:-}${HOROVOD_GPU_ALLREDUCE:-}-${HOROVOD_BUILD_CUDA_CC_LIST:-default}"
+    fi
+    KEY="horovod-${HOROVOD_VERSION}_torch-${TORCH_VER}_${PYTAG}_${MPI_VERSION}_${GPU_KEY}"
+    KEY="${KEY//[^A-Za-z0-9._-]/-}"
+    WHEEL_DIR="$CACHE/$KEY"
+    wheel="$(ls "$WHEEL_DIR"/horovod-*.whl 2>/dev/null | head -n1 || true)"
+    if [ -z "$wheel" ]; then
+        say "building Horovod $HOROVOD_VERSION for torch $TORCH_VER + MPI (about 5 minutes on 2 cores)"
+        say "GPU settings: HOROVOD_GPU_OPERATIONS=${HOROVOD_GPU_OPERATIONS:-} HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-} HOROVOD_NCCL_HOME=${HOROVOD_NCCL_HOME:-}"
+        BUILD="$(mktemp -d)"
+        trap 'rm -rf "$BUILD"' EXIT
+        "${PIP[@]}" download --no-deps --no-binary=:all: -d "$BUILD" "horovod==$HOROVOD_VERSION"
+        tar -xzf "$BUILD"/horovod-"$HOROVOD_VERSION".tar.gz -C "$BUILD"
+        SRC="$BUILD/horovod-$HOROVOD_VERSION"
+        for f in "$SRC/CMakeLists.txt" "$SRC/horovod/torch/CMakeLists.txt"; do
+            grep -q 'set(CMAKE_CXX_STANDARD 14)' "$f" || die "unexpected Horovod source: no C++14 line in $f"
+            sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$f"
+        done
+        export CMAKE_POLICY_VERSION_MINIMUM=3.5
+        export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1
+        export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
+        export MAKEFLAGS="-j$(nproc)"
+        "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$BUILD/wheel" "$SRC" \
+            > "$BUILD/build.log" 2>&1 || { tail -n 40 "$BUILD/build.log" >&2; die "Horovod build failed (log above)"; }
+        mkdir -p "$WHEEL_DIR"
+        cp "$BUILD"/wheel/horovod-*.whl "$WHEEL_DIR/"
+        wheel="$(ls "$WHEEL_DIR"/horovod-*.whl | head -n1)"
+        say "cached $wheel"
+    else
+        say "reusing cached Horovod wheel $wheel"
+    fi
+    "${PIP[@]}" install --no-deps --force-reinstall "$wheel"
+    "${PIP[@]}" install "$wheel"  # Horovod's own requirements (cffi, psutil, ... for horovodrun)
+fi
+horovod_ok || die "Horovod is installed but not usable with MPI + PyTorch (try: $VENV/bin/horovodrun --check-build)"
+"$VENV/bin/horovodrun" --check-build | sed -n '/Available Frameworks/,$p' | sed 's/^/[setup]   /'
+
+# --- 4. the package ----------------------------------------------------------------------
+if ! "$PY" -c "import hvd_stgnn, sys; sys.exit(0 if hvd_stgnn.__file__.startswith('$ROOT/') else 1)" >/dev/null 2>&1 \
+   || [ ! -x "$VENV/bin/hvd-stgnn" ]; then
+    say "installing hvd_stgnn (editable)"
+    "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+fi
+say "ready: $VENV ($("$PY" -c 'import horovod, mpi4py, h5py, torch_geometric as g; print(f"horovod {horovod.__version__}, mpi4py {mpi4py.__version__}, h5py {h5py.__version__}, torch_geometric {g.__version__}")'))"
