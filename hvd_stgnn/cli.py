@@ -2,6 +2,8 @@
 
     hvd-stgnn data synth --preset tiny --seed 0 --out data/tiny.h5
     hvd-stgnn data info data/tiny.h5
+    hvd-stgnn data import --format dcrnn-h5 --speed metr-la.h5 --graph adj_mx.pkl --out metr-la.h5
+    hvd-stgnn bench load --preset metr-la --np 2
     hvd-stgnn train --data data/tiny.h5 --model tgcn --epochs 5 --results runs/r.json
     jobs/local.sh -np 2 hvd-stgnn train ...
 
@@ -15,6 +17,9 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
+
+import numpy as np
 
 from hvd_stgnn.errors import ConfigError, UserError
 from hvd_stgnn.parallel.launcher import launcher_rank
@@ -38,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from hvd_stgnn.data import PRESETS, generate, write_dataset
+    from hvd_stgnn.data.synthetic import PRESETS, write_synthetic
 
     preset = PRESETS[args.preset]
     nodes = args.nodes or preset.num_nodes
@@ -47,21 +52,40 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nodes must be >= 2 (got {nodes})")
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1 (got {steps})")
-    data = generate(nodes, steps, seed=args.seed)
+    summary = write_synthetic(args.out, nodes, steps, seed=args.seed, progress=not args.quiet, preset=args.preset)
+    print(
+        f"wrote {args.out}: T={steps} N={nodes} E={summary.num_edges} missing={summary.missing_share:.2%} "
+        f"seed={args.seed} ({summary.nbytes / 1e6:.1f} MB in {summary.seconds:.1f} s)"
+    )
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from hvd_stgnn.data import write_dataset
+    from hvd_stgnn.data.importers import IMPORTERS
+
+    if args.format == "dcrnn-h5":
+        kwargs = {"key": args.key, "fill_gaps": args.fill_gaps}
+    else:
+        if not args.start:
+            raise ConfigError(f"--start is required for --format {args.format} (the files carry no timestamps)")
+        kwargs = {"start": args.start, "interval_s": args.interval}
+        if args.format == "pgt-npy":
+            kwargs["feature"] = args.feature
+    data = IMPORTERS[args.format](args.speed, args.graph, **kwargs)
     write_dataset(args.out, data)
-    missing = float((data.speed == 0).mean())
-    print(f"wrote {args.out}: T={steps} N={nodes} E={data.num_edges} missing={missing:.2%} seed={args.seed}")
+    missing = float(np.mean(~(np.isfinite(data.speed) & (data.speed != 0))))
+    print(f"wrote {args.out}: T={data.num_steps} N={data.num_nodes} E={data.num_edges} missing={missing:.2%} ({data.source})")
     return 0
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    import numpy as np
+    from hvd_stgnn.data.hdf5 import read_metadata, scan_missing
 
-    from hvd_stgnn.data import read_dataset
-
-    data = read_dataset(args.file)
+    data = read_metadata(args.file)
+    missing, nonfinite = scan_missing(args.file)
     fmt = lambda s: dt.datetime.fromtimestamp(int(s), dt.timezone.utc).strftime("%Y-%m-%d %H:%M")  # noqa: E731
     info = {
         "file": str(args.file),
@@ -69,18 +93,51 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         "sensors": data.num_nodes,
         "edges": data.num_edges,
         "interval_s": data.interval_s,
-        "start": fmt(data.timestamps[0]),
-        "end": fmt(data.timestamps[-1]),
-        "missing_share": float(np.mean(~(np.isfinite(data.speed) & (data.speed != 0)))),
-        "size_bytes": os.path.getsize(args.file),
+        "start": fmt(data.timestamps[0]) if data.num_steps else None,
+        "end": fmt(data.timestamps[-1]) if data.num_steps else None,
+        "missing_share": missing,
+        "nonfinite_readings": nonfinite,
+        "speed_bytes": data.num_steps * data.num_nodes * 4,
+        "file_bytes": os.path.getsize(args.file),
         "source": data.source,
     }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            print(f"{key:>13}: {value:.2%}" if key == "missing_share" else f"{key:>13}: {value}")
+            print(f"{key:>18}: {value:.2%}" if key == "missing_share" else f"{key:>18}: {value}")
     return 0
+
+
+# --- bench ------------------------------------------------------------------------------
+
+
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    from hvd_stgnn.bench import load
+
+    if args.data:
+        data = Path(args.data)
+        if not data.exists():
+            raise ConfigError(f"--data {data}: no such file")
+    else:
+        data = load.dataset_for(args.preset, args.seed, Path(args.cache))
+    nps = sorted({1, *args.np})
+    result = load.run(data, nps)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"rank counts must be >= 1, got {text!r}")
+    return values
 
 
 # --- train ------------------------------------------------------------------------------
@@ -88,11 +145,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hvd_stgnn.config import config_from_args
-    from hvd_stgnn.parallel import launcher_size, make_backend
+    from hvd_stgnn.parallel import make_backend
     from hvd_stgnn.train import preflight, train
 
     cfg = config_from_args(args)
-    preflight(cfg, launcher_size())
+    preflight(cfg)
     try:
         backend = make_backend(cfg.parallel.backend)
     except ImportError as exc:
@@ -104,6 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         train(cfg, backend)
     except (Exception, KeyboardInterrupt) as exc:
         if backend.size == 1:
+            raise
+        if isinstance(exc, UserError) and exc.all_ranks:
+            # Every rank has the same verdict: end cleanly, one line from rank 0.
+            backend.shutdown()
             raise
         # Peers may be waiting in a collective: end the whole job now instead of hanging.
         if isinstance(exc, UserError):
@@ -123,6 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from hvd_stgnn import __version__
     from hvd_stgnn.config import add_config_flags
+    from hvd_stgnn.data.importers import IMPORTERS
     from hvd_stgnn.data.synthetic import PRESETS
 
     parser = _Parser(prog="hvd-stgnn", description="Horovod + MPI training of spatiotemporal GNNs with index-batching.")
@@ -137,11 +199,34 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--steps", type=int, default=0, help="override the preset's step count")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument("--out", required=True, help="output HDF5 file")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=cmd_data_synth)
+    imp = data_cmds.add_parser("import", help="convert DCRNN / T-GCN / PGT files (docs/importers.md)")
+    imp.add_argument("--format", required=True, choices=list(IMPORTERS), help="input format")
+    imp.add_argument("--speed", required=True, help="speed file (.h5, .csv or node_values.npy)")
+    imp.add_argument("--graph", required=True, help="graph file (adj_mx.pkl, adjacency .csv or adj_mat.npy)")
+    imp.add_argument("--key", default=None, help="dcrnn-h5: HDF5 group, 'df' or 'speed' (default: whichever exists)")
+    imp.add_argument("--fill-gaps", action="store_true", help="dcrnn-h5: fill skipped time steps with NaN (PEMS-BAY's DST gap)")
+    imp.add_argument("--start", default="", help="tgcn-csv, pgt-npy: time of the first step, 'YYYY-MM-DD HH:MM' (UTC wall-clock)")
+    imp.add_argument("--interval", type=int, default=300, help="tgcn-csv, pgt-npy: seconds per step (default: 300)")
+    imp.add_argument("--feature", type=int, default=0, help="pgt-npy: feature index of speed (default: 0)")
+    imp.add_argument("--out", required=True, help="output HDF5 file")
+    imp.set_defaults(func=cmd_data_import)
     info = data_cmds.add_parser("info", help="summarize a dataset file")
     info.add_argument("file")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_data_info)
+
+    bench = commands.add_parser("bench", help="benchmarks (each runs real mpirun jobs)")
+    bench_cmds = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    bload = bench_cmds.add_parser("load", help="read + broadcast seconds and node memory, 1 and N ranks")
+    bload.add_argument("--preset", choices=list(PRESETS), default="metr-la", help="synthetic preset (default: metr-la)")
+    bload.add_argument("--data", default="", help="use this HDF5 file instead of a preset")
+    bload.add_argument("--np", type=_int_list, default=[2], help="rank counts, e.g. 2 or 2,4 (1 is always run)")
+    bload.add_argument("--seed", type=int, default=0)
+    bload.add_argument("--cache", default=str(Path.home() / ".cache" / "hvd_stgnn" / "data"), help="where presets are generated")
+    bload.add_argument("--out", default="", help="also write the JSON here")
+    bload.set_defaults(func=cmd_bench_load)
 
     train = commands.add_parser("train", help="train a model (under mpirun/srun for several ranks)")
     add_config_flags(train)

@@ -2,7 +2,16 @@
 
 
 class UserError(Exception):
-    """Bad input (file, flag, value). The message names the file or flag and the problem."""
+    """Bad input (file, flag, value). The message names the file or flag and the problem.
+
+    `all_ranks=True` says every rank of the job raised it with the same message (a verdict
+    broadcast from rank 0, or arithmetic every rank does alike): the job can then end
+    cleanly with one line from rank 0, without MPI_Abort.
+    """
+
+    def __init__(self, message: str, *, all_ranks: bool = False) -> None:
+        super().__init__(message)
+        self.all_ranks = all_ranks
 
 
 class DataError(UserError):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, run_mpi
+from conftest import SHARED_DATA, run_cli, run_mpi
 
 TRAIN = ["--model", "tgcn", "--hidden", "16", "--batch-size", "16", "--lr", "0.01"]
 
@@ -74,3 +74,21 @@ def test_too_many_ranks_for_the_data_is_a_clear_error(tmp_path):
     assert r.returncode != 0
     lines = [line for line in r.stderr.splitlines() if line.startswith("hvd-stgnn")]
     assert len(lines) == 1 and "each of 6 ranks" in lines[0], r.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_two_ranks_train_on_the_real_metr_la_week(tmp_path):
+    from hvd_stgnn.data import write_dataset
+    from hvd_stgnn.data.importers import import_dcrnn_h5
+
+    week = SHARED_DATA / "metr-la-week"
+    data = tmp_path / "metr-la-week.h5"
+    write_dataset(data, import_dcrnn_h5(week / "metr-la-week.h5", week / "adj_mx.pkl"))
+    out = tmp_path / "r.json"
+    r = run_mpi(2, "train", "--data", str(data), "--epochs", "2", *TRAIN, "--results", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = _results(out)
+    _check_schema(res, 2, 2)
+    assert res["load"]["num_nodes"] == 1 and res["load"]["data_bytes"] == 2016 * 207 * 4
+    assert res["epochs"][-1]["val_mae"] < res["epochs"][0]["val_mae"]

@@ -14,7 +14,7 @@ class TrafficData:
     sensor_ids: (N,) str.  edge_index: (2, E) int64 (source, target).  edge_weight: (E,) float32.
     """
 
-    speed: np.ndarray
+    speed: np.ndarray | None
     timestamps: np.ndarray
     sensor_ids: list[str]
     edge_index: np.ndarray
@@ -25,11 +25,11 @@ class TrafficData:
 
     @property
     def num_steps(self) -> int:
-        return int(self.speed.shape[0])
+        return int(len(self.timestamps))
 
     @property
     def num_nodes(self) -> int:
-        return int(self.speed.shape[1])
+        return len(self.sensor_ids)
 
     @property
     def num_edges(self) -> int:

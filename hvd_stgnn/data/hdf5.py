@@ -10,8 +10,10 @@ attributes on /: schema_version, interval_seconds, missing_value (0.0), source
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -30,34 +32,54 @@ _REQUIRED = {
 }
 
 
-def write_dataset(path: str | os.PathLike, data: TrafficData, chunk_steps: int = 288) -> None:
-    """Write `data` to `path` atomically (a temp file renamed over the target)."""
+@contextlib.contextmanager
+def dataset_writer(
+    path: str | os.PathLike,
+    meta: TrafficData,
+    num_steps: int,
+    chunk_steps: int = 288,
+) -> Iterator[h5py.Dataset]:
+    """Create a file with every dataset of the schema and yield the empty /speed dataset
+    (num_steps, N) float32 to fill (e.g. slab by slab, for data larger than memory).
+
+    `meta` supplies timestamps, sensor ids, graph, interval, source and extra attrs; its
+    `speed` is not used. The file appears at `path` only when the block exits without error
+    (written to a temp file beside it, then renamed), so no half-written file is left.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    num_nodes = len(meta.sensor_ids)
     try:
         with h5py.File(tmp, "w") as f:
-            T, N = data.speed.shape
-            f.create_dataset(
+            speed = f.create_dataset(
                 "speed",
-                data=data.speed.astype(np.float32, copy=False),
-                chunks=(max(1, min(T, chunk_steps)), N),
+                shape=(num_steps, num_nodes),
+                dtype=np.float32,
+                chunks=(max(1, min(num_steps, chunk_steps)), num_nodes),
             )
-            f.create_dataset("timestamps", data=data.timestamps.astype(np.int64, copy=False))
-            f.create_dataset("sensor_ids", data=np.array(data.sensor_ids, dtype=object), dtype=h5py.string_dtype())
+            f.create_dataset("timestamps", data=np.asarray(meta.timestamps, dtype=np.int64))
+            f.create_dataset("sensor_ids", data=np.array(meta.sensor_ids, dtype=object), dtype=h5py.string_dtype())
             g = f.create_group("graph")
-            g.create_dataset("edge_index", data=data.edge_index.astype(np.int64, copy=False))
-            g.create_dataset("edge_weight", data=data.edge_weight.astype(np.float32, copy=False))
+            g.create_dataset("edge_index", data=np.asarray(meta.edge_index, dtype=np.int64).reshape(2, -1))
+            g.create_dataset("edge_weight", data=np.asarray(meta.edge_weight, dtype=np.float32))
             f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["interval_seconds"] = int(data.interval_s)
+            f.attrs["interval_seconds"] = int(meta.interval_s)
             f.attrs["missing_value"] = MISSING_VALUE
-            f.attrs["source"] = data.source
-            for key, value in data.attrs.items():
+            f.attrs["source"] = meta.source
+            for key, value in meta.attrs.items():
                 f.attrs[key] = value
+            yield speed
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_dataset(path: str | os.PathLike, data: TrafficData, chunk_steps: int = 288) -> None:
+    """Write an in-memory dataset to `path` atomically."""
+    with dataset_writer(path, data, data.num_steps, chunk_steps) as speed:
+        speed.write_direct(np.ascontiguousarray(data.speed, dtype=np.float32))
 
 
 def _open(path: str | os.PathLike) -> h5py.File:
@@ -82,12 +104,18 @@ def _validate(path, f: h5py.File) -> tuple[int, int]:
     for name, ndim in _REQUIRED.items():
         if name not in f:
             raise DataError(f"{path}: missing dataset /{name} (see docs/data-format.md)")
+        if not isinstance(f[name], h5py.Dataset):
+            raise DataError(f"{path}: /{name} must be a dataset, is a group")
         if f[name].ndim != ndim:
             raise DataError(f"{path}: /{name} must have {ndim} dimension(s), has shape {f[name].shape}")
     version = int(f.attrs.get("schema_version", -1))
     if version != SCHEMA_VERSION:
         raise DataError(f"{path}: schema_version {version}, expected {SCHEMA_VERSION}")
     T, N = f["speed"].shape
+    for name, kind in (("speed", "f"), ("timestamps", "i"), ("graph/edge_index", "i"), ("graph/edge_weight", "f")):
+        if f[name].dtype.kind != kind:
+            want = {"f": "float", "i": "integer"}[kind]
+            raise DataError(f"{path}: /{name} must be {want}, is {f[name].dtype}")
     if f["speed"].dtype != np.float32:
         raise DataError(f"{path}: /speed must be float32, is {f['speed'].dtype}")
     if f["timestamps"].shape != (T,):
@@ -105,29 +133,87 @@ def _validate(path, f: h5py.File) -> tuple[int, int]:
     return int(T), int(N)
 
 
-def read_dataset(path: str | os.PathLike) -> TrafficData:
-    """Read and validate a whole file. Raises DataError naming the file and the problem."""
+def read_metadata(path: str | os.PathLike) -> TrafficData:
+    """Validate the file and read everything but the series (speed=None).
+
+    Checks the schema, regular increasing timestamps, unique sensor ids, edge indices in
+    range and finite non-negative weights. Raises DataError naming the file and the problem.
+    """
     with _open(path) as f:
         T, N = _validate(path, f)
         interval = int(f.attrs["interval_seconds"])
         timestamps = f["timestamps"][...].astype(np.int64)
-        if T > 1 and not np.all(np.diff(timestamps) == interval):
-            bad = int(np.argmax(np.diff(timestamps) != interval))
+        steps = np.diff(timestamps)
+        if T > 1 and not np.all(steps == interval):
+            bad = int(np.argmax(steps != interval))
+            what = "increase" if steps[bad] > 0 else "strictly increase"
             raise DataError(
-                f"{path}: /timestamps must increase by interval_seconds={interval}; "
-                f"step {bad} -> {bad + 1} jumps by {int(timestamps[bad + 1] - timestamps[bad])} s"
+                f"{path}: /timestamps must {what} by interval_seconds={interval}; "
+                f"step {bad} -> {bad + 1} changes by {int(steps[bad])} s"
             )
+        sensor_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["sensor_ids"][...]]
+        if len(set(sensor_ids)) != N:
+            dupes = sorted({s for s in sensor_ids if sensor_ids.count(s) > 1})[:3]
+            raise DataError(f"{path}: /sensor_ids has duplicates, e.g. {dupes}")
         edge_index = f["graph/edge_index"][...].astype(np.int64)
         if edge_index.size and (edge_index.min() < 0 or edge_index.max() >= N):
             raise DataError(f"{path}: /graph/edge_index refers to nodes outside 0..{N - 1}")
-        speed = np.empty((T, N), dtype=np.float32)
-        f["speed"].read_direct(speed)
+        edge_weight = f["graph/edge_weight"][...].astype(np.float32)
+        if not np.all(np.isfinite(edge_weight)):
+            raise DataError(f"{path}: /graph/edge_weight has {int((~np.isfinite(edge_weight)).sum())} NaN/inf weight(s)")
+        if np.any(edge_weight < 0):
+            raise DataError(f"{path}: /graph/edge_weight has {int((edge_weight < 0).sum())} negative weight(s)")
         return TrafficData(
-            speed=speed,
+            speed=None,
             timestamps=timestamps,
-            sensor_ids=[s.decode() if isinstance(s, bytes) else str(s) for s in f["sensor_ids"][...]],
+            sensor_ids=sensor_ids,
             edge_index=edge_index,
-            edge_weight=f["graph/edge_weight"][...].astype(np.float32),
+            edge_weight=edge_weight,
             interval_s=interval,
             source=str(f.attrs.get("source", "")),
         )
+
+
+def read_speed_into(path: str | os.PathLike, out: np.ndarray, slab_bytes: int = 256 << 20) -> int:
+    """Read /speed (T, N) into `out` in time slabs, straight into its memory (read_direct).
+
+    Returns the number of NaN/inf readings (treated as missing, not an error).
+    """
+    with _open(path) as f:
+        dset = f["speed"]
+        if dset.shape != out.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise DataError(f"{path}: /speed is {dset.shape} {dset.dtype}, destination is {out.shape} {out.dtype}")
+        T, N = dset.shape
+        slab = max(1, slab_bytes // max(1, N * 4))
+        nonfinite = 0
+        for t0 in range(0, T, slab):
+            t1 = min(T, t0 + slab)
+            try:
+                dset.read_direct(out, np.s_[t0:t1], np.s_[t0:t1])
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read /speed steps {t0}..{t1 - 1} ({exc})") from None
+            nonfinite += int(np.count_nonzero(~np.isfinite(out[t0:t1])))
+        return nonfinite
+
+
+def scan_missing(path: str | os.PathLike, slab_bytes: int = 256 << 20) -> tuple[float, int]:
+    """(share of missing readings (0, NaN or inf), count of NaN/inf) read slab by slab."""
+    with _open(path) as f:
+        dset = f["speed"]
+        T, N = dset.shape
+        slab = max(1, slab_bytes // max(1, N * 4))
+        missing = nonfinite = 0
+        for t0 in range(0, T, slab):
+            block = dset[t0 : t0 + slab]
+            finite = np.isfinite(block)
+            nonfinite += int(block.size - np.count_nonzero(finite))
+            missing += int(block.size - np.count_nonzero(finite & (block != 0)))
+        return (missing / (T * N) if T * N else 0.0), nonfinite
+
+
+def read_dataset(path: str | os.PathLike) -> TrafficData:
+    """Read and validate a whole file into process memory."""
+    data = read_metadata(path)
+    data.speed = np.empty((data.num_steps, data.num_nodes), dtype=np.float32)
+    data.attrs["nonfinite_readings"] = read_speed_into(path, data.speed)
+    return data

@@ -18,6 +18,7 @@ class Backend:
     """Interface; every method is collective where it says so (all ranks must call it)."""
 
     name = "abstract"
+    comm = None  # the mpi4py world communicator, or None without MPI
     rank = 0
     size = 1
     local_rank = 0

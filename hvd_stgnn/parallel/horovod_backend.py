@@ -20,7 +20,7 @@ class HorovodBackend(Backend):
         if not hvd.mpi_enabled():
             raise RuntimeError("Horovod was initialised without MPI; rebuild it with HOROVOD_WITH_MPI=1 (tools/setup.sh)")
         self._hvd = hvd
-        self._comm = MPI.COMM_WORLD
+        self.comm = MPI.COMM_WORLD
         self.rank = hvd.rank()
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
@@ -44,7 +44,7 @@ class HorovodBackend(Backend):
         return self._hvd.allgather_object(obj)
 
     def abort(self, code: int = 1) -> None:
-        self._comm.Abort(code)
+        self.comm.Abort(code)
 
     def shutdown(self) -> None:
         self._hvd.shutdown()

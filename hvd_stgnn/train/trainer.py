@@ -8,9 +8,11 @@ validation/test windows; metrics are reduced as sums and counts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from hvd_stgnn.batching import (
     stats_from_sums,
 )
 from hvd_stgnn.config import Config
-from hvd_stgnn.data import TrafficData, read_dataset, validate_file
+from hvd_stgnn.data.loader import LoadReport, load_local, load_node_shared
 from hvd_stgnn.errors import ConfigError, DataError
 from hvd_stgnn.metrics import HorizonErrorSums, masked_mae_loss
 from hvd_stgnn.models import ModelInputs, build_model
@@ -66,6 +68,7 @@ class _Setup:
     mean: float
     std: float
     interval_s: int
+    load: LoadReport
 
 
 def plan_splits(cfg: Config, num_steps: int, world_size: int) -> StartSplit:
@@ -74,17 +77,15 @@ def plan_splits(cfg: Config, num_steps: int, world_size: int) -> StartSplit:
         split = split_starts(num_windows(num_steps, cfg.data.input_steps, cfg.data.horizon), cfg.data.split)
         shard_range(split.train, 0, world_size)
     except ValueError as exc:
-        raise DataError(f"{cfg.data.path}: {exc}") from None
+        raise DataError(f"{cfg.data.path}: {exc}", all_ranks=True) from None
     return split
 
 
-def preflight(cfg: Config, world_size: int) -> None:
-    """Checks each rank can make alone before any MPI call, so that all ranks fail alike
-    (one line from rank 0, exit 2) instead of some waiting in a collective."""
+def preflight(cfg: Config) -> None:
+    """Checks of the config alone, before any MPI call. The data file is checked after,
+    by rank 0 alone, with the verdict broadcast (data/loader.py)."""
     if not cfg.data.path:
         raise ConfigError("--data is required")
-    num_steps, _ = validate_file(cfg.data.path)
-    plan_splits(cfg, num_steps, world_size)
     if cfg.train.results:
         parent = Path(cfg.train.results).resolve().parent
         existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
@@ -92,8 +93,26 @@ def preflight(cfg: Config, world_size: int) -> None:
             raise ConfigError(f"--results {cfg.train.results}: directory {existing} is not writable")
 
 
-def _prepare_data(cfg: Config, backend: Backend) -> tuple[_Setup, TrafficData]:
-    data = read_dataset(cfg.data.path)
+def _load(cfg: Config, backend: Backend):
+    """(data, handle to free at the end or None, LoadReport): node-shared under MPI."""
+    if backend.comm is None:
+        data, report = load_local(cfg.data.path)
+        return data, None, report
+    from hvd_stgnn.data.shared import ranks_per_node_override  # imports mpi4py: MPI runs only
+
+    data, shared, report = load_node_shared(cfg.data.path, backend.comm, ranks_per_node_override())
+    return data, shared, report
+
+
+def _prepare_data(cfg: Config, backend: Backend):
+    data, shared, report = _load(cfg, backend)
+    _log(
+        backend,
+        f"load: rank 0 read {report.data_bytes / 1e6:.1f} MB in {report.read_seconds:.2f} s "
+        f"({report.read_mb_per_s:.0f} MB/s), broadcast to {report.num_nodes} node(s) in "
+        f"{report.broadcast_seconds:.2f} s; one copy per node ({report.ranks_on_node} rank(s) on this node)"
+        + (f"; {report.nonfinite_readings} NaN/inf readings treated as missing" if report.nonfinite_readings else ""),
+    )
     L, H = cfg.data.input_steps, cfg.data.horizon
     split = plan_splits(cfg, data.num_steps, backend.size)
     # Exact training-input statistics: each rank sums its share, one allreduce.
@@ -102,10 +121,13 @@ def _prepare_data(cfg: Config, backend: Backend) -> tuple[_Setup, TrafficData]:
     try:
         mean, std = stats_from_sums(sums.numpy())
     except ValueError as exc:
-        raise DataError(f"{cfg.data.path}: {exc}") from None
-    series = torch.from_numpy(data.speed)  # a view, not a copy
+        raise DataError(f"{cfg.data.path}: {exc}", all_ranks=True) from None
+    with warnings.catch_warnings():
+        # The node-shared series is read-only on purpose; torch warns it cannot write it.
+        warnings.simplefilter("ignore", UserWarning)
+        series = torch.from_numpy(data.speed)  # a view, not a copy
     gather = WindowGather(series, data.timestamps, L, H, mean, std)
-    return _Setup(gather, split.as_dict(), mean, std, data.interval_s), data
+    return _Setup(gather, split.as_dict(), mean, std, data.interval_s, report), data, shared
 
 
 def evaluate(model, gather: WindowGather, split: StartRange, backend: Backend, batch_size: int, mean: float, std: float) -> HorizonErrorSums:
@@ -129,7 +151,7 @@ def train(cfg: Config, backend: Backend) -> dict:
     torch.set_num_threads(threads_per_rank(cfg.train.threads, backend.local_size))
     torch.manual_seed(cfg.train.seed)
 
-    setup, data = _prepare_data(cfg, backend)
+    setup, data, shared = _prepare_data(cfg, backend)
     gather, splits = setup.gather, setup.splits
     shard = shard_range(splits["train"], backend.rank, backend.size)
     steps_per_epoch = num_batches(shard.count, cfg.train.batch_size)
@@ -205,6 +227,7 @@ def train(cfg: Config, backend: Backend) -> dict:
         "test": test_table,
         "test_windows": splits["test"].count,
         "normalization": {"mean": setup.mean, "std": setup.std},
+        "load": {**dataclasses.asdict(setup.load), "read_mb_per_s": setup.load.read_mb_per_s},
         "param_digests": digests,
         "total_seconds": time.perf_counter() - t_start,
         "config": cfg.to_dict(),
@@ -215,4 +238,7 @@ def train(cfg: Config, backend: Backend) -> dict:
     if backend.is_root and cfg.train.results:
         write_json_atomic(cfg.train.results, results)
         _log(backend, f"results: {cfg.train.results}")
+    del gather, setup
+    if shared is not None:
+        shared.free()
     return results

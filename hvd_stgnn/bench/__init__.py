@@ -1,0 +1,1 @@
+"""Benchmarks run as real mpirun jobs (`hvd-stgnn bench ...`)."""

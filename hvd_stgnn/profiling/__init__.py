@@ -1,0 +1,1 @@
+"""Profiling helpers: memory accounting (more to come: timeline report, plots)."""
