@@ -130,6 +130,42 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_batching(args: argparse.Namespace) -> int:
+    import torch
+
+    from hvd_stgnn.bench import batching
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = batching.run(args.nodes, args.batch_size, args.device, args.repeats)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'N':>7} {'MB':>7} {'memcpy ms':>10} {'gather ms':>10} {'x bound':>8} {'batch ms':>9} {'x bound':>8}")
+        for r in rows:
+            print(f"{r['nodes']:>7} {r['gathered_mb']:>7.1f} {r['memcpy_ms']:>10.3f} {r['gather_ms']:>10.3f} "
+                  f"{r['gather_over_memcpy']:>8.2f} {r['batch_ms']:>9.3f} {r['batch_over_memcpy']:>8.2f}")
+    return 0
+
+
+def cmd_bench_memory(args: argparse.Namespace) -> int:
+    from hvd_stgnn.bench import load, memory
+
+    data = Path(args.data) if args.data else load.dataset_for(args.preset, 0, Path(args.cache))
+    res = memory.run(data, args.np, day_of_week=args.day_of_week)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{data}: T={res['steps']} N={res['nodes']}, {res['windows']} windows, F={res['features']}")
+        for r in res["rows"]:
+            print(f"  {r['ranks']} rank(s): index {r['index_rank_bytes_max'] / 1e6:.1f} MB/rank, {r['index_node_bytes'] / 1e6:.1f} MB/node"
+                  f" | materialized {r['materialized_rank_bytes'] / 1e6:.1f} MB/rank, {r['materialized_node_bytes'] / 1e6:.1f} MB/node"
+                  f" | node x{r['node_ratio']:.1f}, rank x{r['rank_ratio']:.1f}")
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -227,6 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
     bload.add_argument("--cache", default=str(Path.home() / ".cache" / "hvd_stgnn" / "data"), help="where presets are generated")
     bload.add_argument("--out", default="", help="also write the JSON here")
     bload.set_defaults(func=cmd_bench_load)
+
+    bbatch = bench_cmds.add_parser("batching", help="ms per batch vs one contiguous copy of the same bytes")
+    bbatch.add_argument("--nodes", type=_int_list, default=[207, 11160], help="sensor counts (default: 207,11160)")
+    bbatch.add_argument("--batch-size", type=int, default=64)
+    bbatch.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bbatch.add_argument("--repeats", type=int, default=50)
+    bbatch.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    bbatch.add_argument("--json", action="store_true")
+    bbatch.set_defaults(func=cmd_bench_batching)
+    bmem = bench_cmds.add_parser("memory", help="data bytes per rank and node: index vs materialized")
+    bmem.add_argument("--preset", choices=list(PRESETS), default="metr-la")
+    bmem.add_argument("--data", default="", help="use this HDF5 file instead of a preset")
+    bmem.add_argument("--np", type=_int_list, default=[1, 2, 4], help="world sizes (default: 1,2,4)")
+    bmem.add_argument("--day-of-week", action="store_true", help="add the day-of-week feature")
+    bmem.add_argument("--cache", default=str(Path.home() / ".cache" / "hvd_stgnn" / "data"))
+    bmem.add_argument("--json", action="store_true")
+    bmem.set_defaults(func=cmd_bench_memory)
 
     train = commands.add_parser("train", help="train a model (under mpirun/srun for several ranks)")
     add_config_flags(train)

@@ -48,6 +48,15 @@ class DataConfig:
     input_steps: int = _flag("input window length L (steps)", default=12)
     horizon: int = _flag("forecast horizon H (steps)", default=12)
     split: tuple = _flag("train,val,test fractions of the windows", parse=_fractions, default=(0.7, 0.1, 0.2))
+    day_of_week: bool = _flag("add day of week to the time-of-day input feature", default=False)
+    shuffle: str = _flag(
+        "shard: each rank a contiguous range of starts and only its steps; global: whole series, "
+        "share of one global permutation (PGT)", choices=["shard", "global"], default="shard",
+    )
+    data_mode: str = _flag(
+        "index: build batches from start indices; materialized: precompute every window on every rank (baseline)",
+        choices=["index", "materialized"], default="index",
+    )
 
 
 @dataclass
@@ -64,6 +73,7 @@ class TrainConfig:
     lr: float = _flag("Adam learning rate", default=1e-3)
     seed: int = _flag("random seed (model init, shuffling)", default=0)
     threads: int = _flag("torch threads per rank (0: cores / ranks on the node)", default=0)
+    device: str = _flag("auto: the local rank's GPU if CUDA is there, else CPU", choices=["auto", "cpu", "cuda"], default="auto")
     results: str = _flag("write the results JSON here (rank 0)", default="")
 
 
@@ -117,9 +127,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 "default": default,
                 "help": f"{meta['help']} (default: {default})",
             }
-            kwargs["type"] = meta.get("parse") or type(default)
+            if isinstance(default, bool):
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = meta.get("parse") or type(default)
             if choices is not None:
                 kwargs["choices"] = choices() if callable(choices) else choices
+            elif not isinstance(default, bool):
+                kwargs["metavar"] = f.name.upper()
             group.add_argument(flag, **kwargs)
 
 

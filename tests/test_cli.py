@@ -126,3 +126,17 @@ def test_data_info_counts_nan_as_missing(tmp_path):
         f["speed"][0:10, 0] = np.nan
     info = json.loads(run_cli("data", "info", str(out), "--json").stdout)
     assert info["nonfinite_readings"] == 10 and info["missing_share"] >= 10 / 500
+
+
+def test_bench_batching_and_memory_print_their_figures(small_h5):
+    r = run_cli("bench", "batching", "--nodes", "30", "--repeats", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["nodes"] == 30 and row["memcpy_ms"] > 0 and row["gather_over_memcpy"] > 0
+    r = run_cli("bench", "memory", "--data", str(small_h5), "--np", "1,2", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    one, two = res["rows"]
+    assert one["index_node_bytes"] == two["index_node_bytes"] == res["series_bytes"]
+    assert two["index_rank_bytes_max"] < one["index_rank_bytes_max"]
+    assert two["materialized_node_bytes"] > one["materialized_node_bytes"] > 30 * one["index_node_bytes"]

@@ -49,6 +49,10 @@ def test_two_rank_horovod_run_learns_and_keeps_ranks_in_sync(small_h5, tmp_path)
     assert res["epochs"][-1]["val_mae"] < res["epochs"][0]["val_mae"]
     # Every rank hashed its final parameters; all identical.
     assert len(res["param_digests"]) == 2 and len(set(res["param_digests"])) == 1
+    # ...although each rank held only its own time slice of the training series.
+    (a0, a1), (b0, b1) = res["batching"]["train_steps_held_per_rank"]
+    assert res["batching"]["kind"] == "index/shard" and res["batching"]["shares_node_memory"]
+    assert a0 == 0 and b0 > 0 and a1 < b1 and b0 > a0 and a1 - b0 == 12 + 12 - 1  # the halo overlaps
     # Rank 0 alone prints: one config line, one line per epoch.
     assert r.stdout.count("config: ") == 1
     assert sum("epoch   " in line and "val MAE" in line for line in (r.stdout + r.stderr).splitlines()) == 4
@@ -92,3 +96,17 @@ def test_two_ranks_train_on_the_real_metr_la_week(tmp_path):
     _check_schema(res, 2, 2)
     assert res["load"]["num_nodes"] == 1 and res["load"]["data_bytes"] == 2016 * 207 * 4
     assert res["epochs"][-1]["val_mae"] < res["epochs"][0]["val_mae"]
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,kind", [(["--shuffle", "global"], "index/global"),
+                                        (["--data-mode", "materialized"], "materialized")])
+def test_two_rank_comparison_modes_learn(small_h5, tmp_path, flags, kind):
+    out = tmp_path / "r.json"
+    r = run_mpi(2, "train", "--data", str(small_h5), "--epochs", "3", *TRAIN, *flags, "--results", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = _results(out)
+    assert res["batching"]["kind"] == kind
+    assert res["epochs"][-1]["val_mae"] < res["epochs"][0]["val_mae"]
+    assert len(set(res["param_digests"])) == 1

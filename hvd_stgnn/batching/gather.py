@@ -18,7 +18,7 @@ SECONDS_PER_DAY = 86_400
 
 @dataclass
 class Batch:
-    x: torch.Tensor  # (B, L, N, F) normalized speed, time of day
+    x: torch.Tensor  # (B, L, N, F) normalized speed, time of day [, day of week]
     y: torch.Tensor  # (B, H, N) raw target speed
     mask: torch.Tensor  # (B, H, N) bool, True where the target reading is present
 
@@ -28,15 +28,21 @@ def time_of_day(timestamps: np.ndarray) -> np.ndarray:
     return ((np.asarray(timestamps, dtype=np.int64) % SECONDS_PER_DAY) / SECONDS_PER_DAY).astype(np.float32)
 
 
+def day_of_week(timestamps: np.ndarray) -> np.ndarray:
+    """Day of week / 7 in [0, 1), Monday = 0 (1970-01-01 was a Thursday): (T,) float32."""
+    days = np.asarray(timestamps, dtype=np.int64) // SECONDS_PER_DAY
+    return (((days + 3) % 7) / 7.0).astype(np.float32)
+
+
 class WindowGather:
     """Callable: starts (B,) int64 -> Batch.
 
     series: (T_local, N) float32 raw speeds, 0 or NaN where missing; row 0 is global step
         `step_offset`, so a rank may hold only the steps its starts need.
     timestamps: (T_local,) int64 seconds of the same rows.
+    Features of x: normalized speed, time of day, and day of week if `with_day_of_week`.
+    Time features are computed once for the rows held, (T_local, 1 or 2): never per sensor.
     """
-
-    num_features = 2  # speed, time of day
 
     def __init__(
         self,
@@ -47,12 +53,15 @@ class WindowGather:
         mean: float,
         std: float,
         step_offset: int = 0,
+        with_day_of_week: bool = False,
     ) -> None:
         if series.dim() != 2:
             raise ValueError(f"series must be (T, N), got shape {tuple(series.shape)}")
         self.series = series
         self.device = series.device
-        self.tod = torch.from_numpy(time_of_day(timestamps)).to(self.device)
+        time_features = [time_of_day(timestamps)] + ([day_of_week(timestamps)] if with_day_of_week else [])
+        self.time_features = torch.from_numpy(np.stack(time_features, axis=1)).to(self.device)  # (T_local, 1|2)
+        self.num_features = 1 + len(time_features)
         self.input_steps = input_steps
         self.horizon = horizon
         self.mean = mean
@@ -74,8 +83,8 @@ class WindowGather:
         present = torch.isfinite(inputs) & (inputs != 0)
         # Missing inputs become 0 after normalization, i.e. the training mean.
         speed = torch.where(present, (inputs - self.mean) / self.std, torch.zeros((), device=self.device))
-        tod = self.tod[steps[:, :L]]  # (B, L)
-        x = torch.stack([speed, tod[:, :, None].expand(-1, -1, N)], dim=-1)
+        time = self.time_features[steps[:, :L]]  # (B, L, 1|2), broadcast over sensors
+        x = torch.cat([speed[..., None], time[:, :, None, :].expand(-1, -1, N, -1)], dim=-1)
 
         mask = torch.isfinite(y) & (y != 0)
         y = torch.where(mask, y, torch.zeros((), device=self.device))

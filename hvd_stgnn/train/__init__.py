@@ -1,5 +1,6 @@
-"""Training loop and results."""
+"""Training loop, data preparation, results."""
 
-from hvd_stgnn.train.trainer import evaluate, param_digest, preflight, train
+from hvd_stgnn.train.data_setup import plan_splits, preflight, prepare
+from hvd_stgnn.train.trainer import evaluate, param_digest, train
 
-__all__ = ["evaluate", "param_digest", "preflight", "train"]
+__all__ = ["evaluate", "param_digest", "plan_splits", "preflight", "prepare", "train"]
