@@ -166,6 +166,32 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from hvd_stgnn.bench import models
+    from hvd_stgnn.models import MODELS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.models.split(",") if args.models else list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {unknown} (choose from {', '.join(MODELS)})")
+    hidden = {"a3tgcn": 32}  # the A3T-GCN target is stated for hidden 32
+    hidden.update(dict(kv.split("=") for kv in args.hidden.split(",")) if args.hidden else {})
+    hidden = {k: int(v) for k, v in hidden.items()}
+    rows = models.run(names, args.nodes, args.batch_size, hidden, args.large_batch_size, args.steps)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'model':>8} {'N':>7} {'B':>4} {'hidden':>6} {'graph':>6} {'params':>9} {'step ms':>9}")
+        for r in rows:
+            print(f"{r['model']:>8} {r['nodes']:>7} {r['batch_size']:>4} {r['hidden']:>6} {r['graph']:>6} "
+                  f"{r['parameters']:>9,} {r['step_ms']:>9.1f}")
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -280,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     bmem.add_argument("--cache", default=str(Path.home() / ".cache" / "hvd_stgnn" / "data"))
     bmem.add_argument("--json", action="store_true")
     bmem.set_defaults(func=cmd_bench_memory)
+
+    bmod = bench_cmds.add_parser("models", help="train-step ms per model (forward + backward + optimizer)")
+    bmod.add_argument("--models", default="", help="comma-separated (default: all registered)")
+    bmod.add_argument("--nodes", type=_int_list, default=[207, 11160], help="sensor counts; > 2048 uses the sparse path")
+    bmod.add_argument("--batch-size", type=int, default=64)
+    bmod.add_argument("--large-batch-size", type=int, default=8, help="batch size for N > 2048 (default: 8)")
+    bmod.add_argument("--hidden", default="", help="per-model hidden sizes, e.g. tgcn=64,a3tgcn=32 (default: 64; a3tgcn 32)")
+    bmod.add_argument("--steps", type=int, default=5, help="timed steps per model (after 2 warm-up steps)")
+    bmod.add_argument("--threads", type=int, default=0)
+    bmod.add_argument("--json", action="store_true")
+    bmod.set_defaults(func=cmd_bench_models)
 
     train = commands.add_parser("train", help="train a model (under mpirun/srun for several ranks)")
     add_config_flags(train)

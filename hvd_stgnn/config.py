@@ -62,8 +62,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = _flag("model", flag="--model", choices=_model_names, default="tgcn")
-    hidden: int = _flag("hidden units", default=64)
-    graph_mode: str = _flag("graph operator storage", choices=["auto", "dense", "sparse"], default="auto")
+    hidden: int = _flag("hidden units (T-GCN, A3T-GCN, DCRNN; Graph WaveNet: residual channels)", default=64)
+    graph_mode: str = _flag("graph operator storage (auto: dense up to 2048 nodes)", choices=["auto", "dense", "sparse"], default="auto")
+    layers: int = _flag("DCRNN: stacked recurrent layers", default=2)
+    diffusion_steps: int = _flag("DCRNN: diffusion hops K; Graph WaveNet: diffusion order", default=2)
+    teacher_decay: int = _flag("DCRNN scheduled sampling decay (cl_decay_steps); 0: off", default=0)
+    adaptive_adjacency: bool = _flag("Graph WaveNet: learned adjacency (dense graphs only)", default=True)
 
 
 @dataclass
@@ -75,6 +79,7 @@ class TrainConfig:
     threads: int = _flag("torch threads per rank (0: cores / ranks on the node)", default=0)
     device: str = _flag("auto: the local rank's GPU if CUDA is there, else CPU", choices=["auto", "cpu", "cuda"], default="auto")
     results: str = _flag("write the results JSON here (rank 0)", default="")
+    baselines: bool = _flag("evaluate persistence and historical average on the test windows too", default=True)
 
 
 @dataclass
@@ -101,6 +106,9 @@ class Config:
                 f"--split must be three positive fractions summing to 1 (got {self.data.split})",
             ),
             (self.model.hidden >= 1, "--hidden must be >= 1"),
+            (self.model.layers >= 1, "--layers must be >= 1"),
+            (self.model.diffusion_steps >= 1, "--diffusion-steps must be >= 1"),
+            (self.model.teacher_decay >= 0, "--teacher-decay must be >= 0"),
             (self.train.epochs >= 1, "--epochs must be >= 1"),
             (self.train.batch_size >= 1, "--batch-size must be >= 1"),
             (self.train.lr > 0, "--lr must be > 0"),

@@ -73,6 +73,12 @@ class WindowGather:
     def num_nodes(self) -> int:
         return self.series.shape[1]
 
+    def raw_inputs(self, starts: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The raw input speeds (B, L, N) of each window (for baselines), 0/NaN kept."""
+        starts = torch.as_tensor(starts, dtype=torch.int64, device=self.device)
+        steps = (starts - self.step_offset)[:, None] + self._offsets[: self.input_steps]
+        return self.series.index_select(0, steps.reshape(-1)).view(-1, self.input_steps, self.num_nodes)
+
     def __call__(self, starts: torch.Tensor | np.ndarray) -> Batch:
         starts = torch.as_tensor(starts, dtype=torch.int64, device=self.device)
         L, H, N = self.input_steps, self.horizon, self.num_nodes

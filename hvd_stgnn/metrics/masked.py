@@ -37,14 +37,16 @@ class HorizonErrorSums:
                     m.sum(dim=(0, 2)),
                 ]
             )
-            self.sums += batch.cpu()
+            if self.sums.device != batch.device:  # accumulate where the batch lives: no sync per batch
+                self.sums = self.sums.to(batch.device)
+            self.sums += batch
 
     def reduced(self, allreduce_sum) -> "HorizonErrorSums":
         """Sums over all ranks, through the backend's `allreduce_sum` (collective)."""
-        return HorizonErrorSums(self.horizon, allreduce_sum(self.sums))
+        return HorizonErrorSums(self.horizon, allreduce_sum(self.sums.cpu()))
 
     def _per_step(self, steps: slice | int) -> dict[str, float]:
-        s = self.sums[:, steps]
+        s = self.sums.cpu()[:, steps]
         if s.dim() == 2:
             s = s.sum(dim=1)
         abs_, sq, ape, n = (float(v) for v in s)

@@ -1,6 +1,11 @@
-"""Model registry: name -> builder(graph inputs, sizes, options) -> nn.Module.
+"""Model registry: name -> builder(ModelInputs) -> nn.Module.
 
-Every model takes x (B, L, N, F) and returns (B, H, N) predictions of normalized speed.
+Contract for every model:
+    forward(x: (B, L, N, F), teacher: (B, H, N) | None = None) -> (B, H, N)
+predictions of normalized speed. `teacher` is the normalized target (missing entries 0),
+passed by the trainer only in training and only to models with `uses_teacher = True`
+(DCRNN's scheduled sampling); others ignore it. One static graph is shared by the whole
+batch; graph operators are built once in the builder (models/graph.py).
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from hvd_stgnn.models.a3tgcn import A3TGCN
+from hvd_stgnn.models.dcrnn import build_dcrnn
 from hvd_stgnn.models.graph import GCNOperator
+from hvd_stgnn.models.gwnet import build_gwnet
 from hvd_stgnn.models.tgcn import TGCN
 
 
@@ -23,8 +31,12 @@ class ModelInputs:
     in_features: int
     input_steps: int
     horizon: int
-    hidden: int
-    graph_mode: str = "auto"
+    hidden: int = 64
+    graph_mode: str = "auto"  # auto | dense | sparse
+    layers: int = 2  # DCRNN: recurrent layers
+    diffusion_steps: int = 2  # DCRNN: K; Graph WaveNet: diffusion order
+    teacher_decay: int = 0  # DCRNN scheduled sampling: cl_decay_steps (0: off)
+    adaptive_adjacency: bool = True  # Graph WaveNet: learned adjacency (dense graphs only)
 
 
 def _tgcn(m: ModelInputs) -> nn.Module:
@@ -32,8 +44,16 @@ def _tgcn(m: ModelInputs) -> nn.Module:
     return TGCN(graph, m.in_features, m.horizon, hidden=m.hidden)
 
 
+def _a3tgcn(m: ModelInputs) -> nn.Module:
+    graph = GCNOperator(m.edge_index, m.edge_weight, m.num_nodes, symmetric=True, mode=m.graph_mode)
+    return A3TGCN(graph, m.in_features, m.horizon, hidden=m.hidden)
+
+
 MODELS: dict[str, Callable[[ModelInputs], nn.Module]] = {
     "tgcn": _tgcn,
+    "a3tgcn": _a3tgcn,
+    "dcrnn": build_dcrnn,
+    "gwnet": build_gwnet,
 }
 
 

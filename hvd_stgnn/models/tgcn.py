@@ -37,7 +37,7 @@ class TGCN(nn.Module):
         self.cell = TGCNCell(graph, in_features, hidden)
         self.head = nn.Linear(hidden, horizon)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
         B, L, N, _ = x.shape
         h = x.new_zeros(B, N, self.cell.hidden)
         for t in range(L):

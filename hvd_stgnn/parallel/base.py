@@ -40,6 +40,19 @@ class Backend:
         """Return an optimizer whose step() uses gradients averaged over ranks."""
         raise NotImplementedError
 
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Collective: replace floating-point buffers (batch-norm running statistics) by
+        their mean over ranks, so every rank evaluates, and checkpoints, the same model.
+        Each rank's statistics come from its own batches; gradients alone do not sync them."""
+        if self.size == 1:
+            return
+        params = {name for name, _ in model.named_parameters()}
+        with torch.no_grad():
+            # state_dict: persistent buffers only (graph operators are constant, not saved).
+            for name, buf in model.state_dict().items():
+                if name not in params and buf.is_floating_point():
+                    buf.copy_(self.allreduce_sum(buf.cpu()).to(buf.device) / self.size)
+
     def allgather_object(self, obj: Any) -> list[Any]:
         """Collective: list of every rank's `obj`, in rank order."""
         raise NotImplementedError

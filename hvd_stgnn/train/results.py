@@ -19,14 +19,20 @@ def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def format_test_table(table: dict[str, dict[str, float]], world_size: int, windows: int) -> str:
-    """table: {"mae": {"15min": .., ...}, "rmse": {...}, "mape": {...}} -> aligned text."""
+def format_test_table(table: dict, world_size: int, windows: int, baselines: dict | None = None) -> str:
+    """table: {"mae": {"15min": .., ...}, "rmse": {...}, "mape": {...}} -> aligned text,
+    with the MAE of each baseline ({"persistence": table, ...}) beside the model's."""
+    baselines = {k: v for k, v in (baselines or {}).items() if isinstance(v, dict)}
     columns = list(table["mae"])
-    lines = [
-        f"test ({windows} windows, {world_size} rank(s)); masked, missing readings excluded",
-        f"  {'horizon':<8}{'MAE':>9}{'RMSE':>9}{'MAPE %':>9}",
-    ]
+    names = {"persistence": "persist.", "historical_average": "hist.avg"}
+    head = f"  {'horizon':<8}{'MAE':>9}{'RMSE':>9}{'MAPE %':>9}" + "".join(f"{names.get(b, b)[:9] + ' MAE':>15}" for b in baselines)
+    lines = [f"test ({windows} windows, {world_size} rank(s)); masked, missing readings excluded", head]
+
+    def cell(v: float, width: int = 9) -> str:
+        return f"{v:{width}.3f}" if not math.isnan(v) else f"{'-':>{width}}"
+
     for col in columns:
-        cells = [table[m][col] for m in ("mae", "rmse", "mape")]
-        lines.append(f"  {col:<8}" + "".join(f"{v:9.3f}" if not math.isnan(v) else f"{'-':>9}" for v in cells))
+        row = f"  {col:<8}" + "".join(cell(table[m][col]) for m in ("mae", "rmse", "mape"))
+        row += "".join(cell(b["mae"][col], 15) for b in baselines.values())
+        lines.append(row)
     return "\n".join(lines)

@@ -14,10 +14,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from hvd_stgnn.batching import num_batches
+from hvd_stgnn.batching import StartRange, balanced_range, num_batches
 from hvd_stgnn.batching.sources import BatchSource
 from hvd_stgnn.config import Config
-from hvd_stgnn.metrics import HorizonErrorSums, masked_mae_loss
+from hvd_stgnn.metrics import HistoricalAverage, HorizonErrorSums, masked_mae_loss, persistence, slot_sums, slots_of
 from hvd_stgnn.models import ModelInputs, build_model
 from hvd_stgnn.parallel import Backend
 from hvd_stgnn.train.data_setup import RankData, prepare, resolve_device
@@ -46,6 +46,7 @@ def param_digest(model: torch.nn.Module) -> str:
 
 def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, mean: float, std: float) -> HorizonErrorSums:
     """Metrics over every window of the split (each rank its balanced share); collective."""
+    backend.average_buffers(model)
     starts = source.eval_starts()
     sums = HorizonErrorSums(source.gather.horizon)
     model.eval()
@@ -55,6 +56,34 @@ def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, mean
             sums.update(model(batch.x) * std + mean, batch.y, batch.mask)
     model.train()
     return sums.reduced(backend.allreduce_sum)
+
+
+def evaluate_baselines(rd: RankData, cfg: Config, backend: Backend) -> dict:
+    """Persistence and historical average on the test windows, same metrics; collective."""
+    L, H = cfg.data.input_steps, cfg.data.horizon
+    data, source = rd.data, rd.sources["test"]
+    # Historical-average table from the raw steps the training windows touch, each rank
+    # summing a balanced share, one allreduce.
+    # Never past the first test target, even when val holds fewer than H windows.
+    span = StartRange(0, min(rd.splits["train"].steps_touched(L, H)[1], rd.splits["test"].start + L))
+    weekly = span.count * data.interval_s >= 14 * 86_400
+    slots, num_slots = slots_of(data.timestamps, data.interval_s, weekly)
+    mine = balanced_range(span, backend.rank, backend.size)
+    sums = backend.allreduce_sum(torch.from_numpy(slot_sums(data.speed, slots, num_slots, mine.start, mine.stop)))
+    history = HistoricalAverage(sums.numpy(), slots, L, H, rd.mean)
+    persist_sums, history_sums = HorizonErrorSums(H), HorizonErrorSums(H)
+    starts = source.eval_starts()
+    with torch.no_grad():
+        for lo in range(0, len(starts), cfg.train.batch_size):
+            chunk = starts[lo : lo + cfg.train.batch_size]
+            batch = source(chunk)
+            persist_sums.update(persistence(source.gather.raw_inputs(chunk), H, rd.mean), batch.y, batch.mask)
+            history_sums.update(history(chunk).to(batch.y.device), batch.y, batch.mask)
+    return {
+        "persistence": persist_sums.reduced(backend.allreduce_sum).table(data.interval_s),
+        "historical_average": history_sums.reduced(backend.allreduce_sum).table(data.interval_s),
+        "historical_average_slots": "time-of-week" if weekly else "time-of-day",
+    }
 
 
 def _batching_summary(rd: RankData, backend: Backend, device: torch.device) -> dict:
@@ -112,8 +141,13 @@ def train(cfg: Config, backend: Backend) -> dict:
             horizon=cfg.data.horizon,
             hidden=cfg.model.hidden,
             graph_mode=cfg.model.graph_mode,
+            layers=cfg.model.layers,
+            diffusion_steps=cfg.model.diffusion_steps,
+            teacher_decay=cfg.model.teacher_decay,
+            adaptive_adjacency=cfg.model.adaptive_adjacency,
         ),
     ).to(device)
+    uses_teacher = getattr(model, "uses_teacher", False)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     backend.broadcast_state(model, optimizer)
     optimizer = backend.wrap_optimizer(optimizer, model)
@@ -129,7 +163,8 @@ def train(cfg: Config, backend: Backend) -> dict:
                    leave=False, dynamic_ncols=True, mininterval=0.5)
         for step in bar:
             batch = train_source(order[step * B : (step + 1) * B])
-            pred = model(batch.x) * rd.std + rd.mean
+            teacher = ((batch.y - rd.mean) / rd.std).masked_fill(~batch.mask, 0.0) if uses_teacher else None
+            pred = model(batch.x, teacher) * rd.std + rd.mean
             loss = masked_mae_loss(pred, batch.y, batch.mask)
             optimizer.zero_grad()
             loss.backward()
@@ -145,6 +180,7 @@ def train(cfg: Config, backend: Backend) -> dict:
 
     test = evaluate(model, sources["test"], backend, B, rd.mean, rd.std)
     test_table = test.table(data.interval_s)
+    baselines = evaluate_baselines(rd, cfg, backend) if cfg.train.baselines else {}
     digests = backend.allgather_object(param_digest(model))
     results = {
         "model": cfg.model.name,
@@ -153,6 +189,7 @@ def train(cfg: Config, backend: Backend) -> dict:
         "epochs": epochs,
         "test": test_table,
         "test_windows": splits["test"].count,
+        "baselines": baselines,
         "normalization": {"mean": rd.mean, "std": rd.std},
         "load": {**dataclasses.asdict(rd.load), "read_mb_per_s": rd.load.read_mb_per_s},
         "batching": batching,
@@ -160,7 +197,7 @@ def train(cfg: Config, backend: Backend) -> dict:
         "total_seconds": time.perf_counter() - t_start,
         "config": cfg.to_dict(),
     }
-    log(format_test_table(test_table, backend.size, splits["test"].count))
+    log(format_test_table(test_table, backend.size, splits["test"].count, baselines))
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different parameters: {digests}")
     if backend.is_root and cfg.train.results:
