@@ -110,3 +110,44 @@ def test_two_rank_comparison_modes_learn(small_h5, tmp_path, flags, kind):
     assert res["batching"]["kind"] == kind
     assert res["epochs"][-1]["val_mae"] < res["epochs"][0]["val_mae"]
     assert len(set(res["param_digests"])) == 1
+
+
+@pytest.fixture(scope="module")
+def ten_sensors(tmp_path_factory):
+    from hvd_stgnn.data import generate, write_dataset
+
+    path = tmp_path_factory.mktemp("ten") / "ten.h5"
+    write_dataset(path, generate(10, 600, seed=3))
+    return path
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tgcn", "a3tgcn", "dcrnn", "gwnet"])
+def test_every_model_trains_through_the_engine_on_two_ranks(ten_sensors, tmp_path, model):
+    out = tmp_path / "r.json"
+    extra = ["--hidden", "8", "--teacher-decay", "100"] if model == "dcrnn" else ["--hidden", "8"]
+    r = run_mpi(2, "train", "--data", str(ten_sensors), "--model", model, "--epochs", "1", "--batch-size", "16",
+                *extra, "--results", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = _results(out)
+    assert res["model"] == model and len(set(res["param_digests"])) == 1
+    assert all(v > 0 for v in res["test"]["mae"].values())
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_metrics_reduced_over_two_ranks_equal_one_process(ten_sensors, tmp_path):
+    # The baselines do not depend on training: their test metrics from 2 ranks (each
+    # evaluating half of the windows, sums and counts allreduced) must equal 1 process.
+    tables = []
+    for np_ in (1, 2):
+        out = tmp_path / f"r{np_}.json"
+        r = run_mpi(np_, "train", "--data", str(ten_sensors), "--epochs", "1", "--hidden", "4", "--results", str(out))
+        assert r.returncode == 0, r.stdout + r.stderr
+        tables.append(_results(out)["baselines"])
+    one, two = tables
+    for name in ("persistence", "historical_average"):
+        for metric, columns in one[name].items():
+            for col, value in columns.items():
+                assert two[name][metric][col] == pytest.approx(value, rel=1e-12), (name, metric, col)
