@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread for in-process tests: with OpenMP spin-waiting, 2 threads on a 2-core machine
+# where anything else holds a core run ~30x slower (the mpirun tests use 1 per rank anyway).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
