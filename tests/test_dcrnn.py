@@ -12,15 +12,6 @@ from hvd_stgnn.models.dcrnn import DCRNN, DiffusionConv, build_dcrnn
 from hvd_stgnn.models.graph import random_walk_operators
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tensors here are tiny: extra threads only add OpenMP wait time (10x on a loaded machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _graph(N=12, seed=2):
     data = generate(N, 10, seed=seed)
     return torch.from_numpy(data.edge_index), torch.from_numpy(data.edge_weight)

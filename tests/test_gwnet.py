@@ -8,15 +8,6 @@ from hvd_stgnn.models import ModelInputs
 from hvd_stgnn.models.gwnet import GraphWaveNet, build_gwnet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tensors here are tiny: threads only add OpenMP wait time (10x on a loaded machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _inputs(N=16, L=12, H=12, F=2, mode="dense", adaptive=True, **kw) -> ModelInputs:
     data = generate(N, 10, seed=3)
     ei, ew = torch.from_numpy(data.edge_index), torch.from_numpy(data.edge_weight)

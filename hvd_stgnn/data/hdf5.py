@@ -174,6 +174,14 @@ def read_metadata(path: str | os.PathLike) -> TrafficData:
         )
 
 
+def time_slabs(shape: tuple[int, int], slab_bytes: int) -> Iterator[tuple[int, int]]:
+    """Step ranges [t0, t1) of about `slab_bytes` of float32 rows (T, N), at least one row."""
+    T, N = shape
+    rows = max(1, slab_bytes // max(1, N * 4))
+    for t0 in range(0, T, rows):
+        yield t0, min(T, t0 + rows)
+
+
 def read_speed_into(path: str | os.PathLike, out: np.ndarray, slab_bytes: int = 256 << 20) -> int:
     """Read /speed (T, N) into `out` in time slabs, straight into its memory (read_direct).
 
@@ -183,11 +191,8 @@ def read_speed_into(path: str | os.PathLike, out: np.ndarray, slab_bytes: int = 
         dset = f["speed"]
         if dset.shape != out.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise DataError(f"{path}: /speed is {dset.shape} {dset.dtype}, destination is {out.shape} {out.dtype}")
-        T, N = dset.shape
-        slab = max(1, slab_bytes // max(1, N * 4))
         nonfinite = 0
-        for t0 in range(0, T, slab):
-            t1 = min(T, t0 + slab)
+        for t0, t1 in time_slabs(dset.shape, slab_bytes):
             try:
                 dset.read_direct(out, np.s_[t0:t1], np.s_[t0:t1])
             except OSError as exc:
@@ -207,10 +212,9 @@ def scan_missing(path: str | os.PathLike, slab_bytes: int = 256 << 20) -> tuple[
     with _open(path) as f:
         dset = f["speed"]
         T, N = dset.shape
-        slab = max(1, slab_bytes // max(1, N * 4))
         missing = nonfinite = 0
-        for t0 in range(0, T, slab):
-            block = dset[t0 : t0 + slab]
+        for t0, t1 in time_slabs(dset.shape, slab_bytes):
+            block = dset[t0:t1]
             finite = np.isfinite(block)
             nonfinite += int(block.size - np.count_nonzero(finite))
             missing += int(block.size - np.count_nonzero(finite & (block != 0)))

@@ -57,28 +57,13 @@ class PropagationMatrix(nn.Module):
             with warnings.catch_warnings():  # "CSR support is in beta": CSR spmm is what we want
                 warnings.simplefilter("ignore", UserWarning)
                 self.register_buffer("op", op.to_sparse_csr(), persistent=False)
-                # The transpose, for the backward pass: autograd would rebuild it every call.
-                self.register_buffer("op_t", op.t().coalesce().to_sparse_csr(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense:
             return torch.matmul(self.op, x)
         B, N, C = x.shape
         flat = x.transpose(0, 1).reshape(N, B * C)
-        return _ConstantSpMM.apply(self.op, self.op_t, flat).reshape(N, B, C).transpose(0, 1)
-
-
-class _ConstantSpMM(torch.autograd.Function):
-    """op @ x for a constant sparse op: the backward is op^T @ grad with a prebuilt op^T."""
-
-    @staticmethod
-    def forward(ctx, op: torch.Tensor, op_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.op_t = op_t
-        return op @ x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return None, None, ctx.op_t @ grad
+        return (self.op @ flat).reshape(N, B, C).transpose(0, 1)
 
 
 def _edges(edge_index, edge_weight) -> tuple[torch.Tensor, torch.Tensor]:
