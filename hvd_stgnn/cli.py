@@ -213,7 +213,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     preflight(cfg)
     try:
-        backend = make_backend(cfg.parallel.backend)
+        if cfg.profile.timeline and cfg.parallel.backend != "horovod":
+            raise ConfigError(f"--timeline: not supported with --backend {cfg.parallel.backend} (use horovod)")
+        backend = make_backend(cfg.parallel.backend, cfg.parallel, timeline=bool(cfg.profile.timeline))
     except ImportError as exc:
         raise ConfigError(f"--backend {cfg.parallel.backend}: cannot import it ({exc}); run `make setup`") from None
     if backend.is_root:
@@ -235,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             sys.stderr.write("".join(f"[rank {backend.rank}] {line}\n" for line in traceback.format_exc().splitlines()))
             sys.stderr.flush()
-        backend.abort(2 if isinstance(exc, UserError) else 1)
+        backend.abort(exc.exit_code if isinstance(exc, UserError) else 1)
     backend.shutdown()
     return 0
 
@@ -248,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     from hvd_stgnn.config import add_config_flags
     from hvd_stgnn.data.importers import IMPORTERS
     from hvd_stgnn.data.synthetic import PRESETS
+    from hvd_stgnn.profiling.plot import add_plot_parser
+    try:  # TEMP until helper lands timeline.py
+        from hvd_stgnn.profiling.timeline import add_timeline_parser
+    except ImportError:
+        add_timeline_parser = lambda c: None  # noqa: E731
 
     parser = _Parser(prog="hvd-stgnn", description="Horovod + MPI training of spatiotemporal GNNs with index-batching.")
     parser.add_argument("--version", action="version", version=f"hvd-stgnn {__version__}")
@@ -319,18 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
     bmod.set_defaults(func=cmd_bench_models)
 
     train = commands.add_parser("train", help="train a model (under mpirun/srun for several ranks)")
+    train.add_argument("--config", default="", metavar="FILE.toml",
+                       help="TOML file with [data] [model] [train] [parallel] [profile] tables; flags override it")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
+    parser.train_parser = train  # main() sets its defaults from --config, then parses again
+
+    add_timeline_parser(commands)
+    add_plot_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", ""):
+            from hvd_stgnn.config import load_toml_defaults
+
+            parser.train_parser.set_defaults(**load_toml_defaults(args.config))
+            args = parser.parse_args(argv)
         return args.func(args)
     except UserError as exc:
-        _report(f"hvd-stgnn {args.command}: error: {exc}")
-        return 2
+        _report(f"hvd-stgnn {args.command}: {'error: ' if exc.exit_code == 2 else ''}{exc}")
+        return exc.exit_code
 
 
 if __name__ == "__main__":

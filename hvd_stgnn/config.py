@@ -68,23 +68,71 @@ class ModelConfig:
     diffusion_steps: int = _flag("DCRNN: diffusion hops K; Graph WaveNet: diffusion order", default=2)
     teacher_decay: int = _flag("DCRNN scheduled sampling decay (cl_decay_steps); 0: off", default=0)
     adaptive_adjacency: bool = _flag("Graph WaveNet: learned adjacency (dense graphs only)", default=True)
+    self_loop_weight: float = _flag(
+        "T-GCN, A3T-GCN: GCN self-loop weight w in norm(A + w I); 1 Kipf-Welling, 2 T-GCN's reference; "
+        "larger keeps more of a sensor's own reading (docs/RESULTS.md)", default=8.0)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = _flag("training epochs", default=5)
     batch_size: int = _flag("windows per batch per rank", default=32)
-    lr: float = _flag("Adam learning rate", default=1e-3)
+    lr: float = _flag("Adam learning rate (per the whole job; see --scale-lr)", default=1e-3)
+    scale_lr: bool = _flag("multiply --lr by the number of ranks (Horovod's rule for a global batch W x B)", default=False)
+    lr_schedule: str = _flag("constant, or cosine decay to 0 over all steps (after warm-up)",
+                             choices=["constant", "cosine"], default="constant")
+    warmup_epochs: float = _flag("linear learning-rate warm-up from lr/10, in epochs (fractions allowed)", default=0.0)
+    clip_grad: float = _flag("clip the global gradient norm to this (0: off; DCRNN uses 5)", default=5.0)
+    weight_decay: float = _flag("Adam weight decay (L2)", default=0.0)
+    test_on: str = _flag("test (and save) the model of the best validation epoch or the last epoch",
+                         choices=["best", "last"], default="best")
     seed: int = _flag("random seed (model init, shuffling)", default=0)
     threads: int = _flag("torch threads per rank (0: cores / ranks on the node)", default=0)
     device: str = _flag("auto: the local rank's GPU if CUDA is there, else CPU", choices=["auto", "cpu", "cuda"], default="auto")
-    results: str = _flag("write the results JSON here (rank 0)", default="")
+    results: str = _flag("write the results JSON here (rank 0; default RUN_DIR/results.json)", default="")
     baselines: bool = _flag("evaluate persistence and historical average on the test windows too", default=True)
+    run_dir: str = _flag("run directory (rank 0 writes config.toml, metrics.jsonl, results.json, checkpoints/)",
+                         default="")
+    resume: str = _flag("resume from this run directory's last checkpoint (or a checkpoint file)", default="")
+    checkpoint_every: int = _flag("write RUN_DIR/checkpoints/last.pt every N epochs (0: only at the end)", default=1)
+    stop_after_epochs: int = _flag("end this job after N epochs with a checkpoint, to continue with --resume "
+                                   "(time-limited allocations; 0: run all --epochs)", default=0)
+    log_every: int = _flag("metrics.jsonl: one step record every N optimizer steps", default=10)
 
 
 @dataclass
 class ParallelConfig:
     backend: str = _flag("distributed backend", choices=_backend_names, default="horovod")
+    compression: str = _flag("Horovod gradient compression on the wire", choices=["none", "fp16"], default="none")
+    reduce_op: str = _flag("Horovod gradient reduction: average, or adasum (adaptive summation)",
+                           choices=["average", "adasum"], default="average")
+    backward_passes_per_step: int = _flag("batches accumulated locally per optimizer step (one allreduce each)",
+                                          default=1)
+    fusion_threshold_mb: float = _flag("HOROVOD_FUSION_THRESHOLD in MiB (-1: keep Horovod's default / the env)",
+                                       default=-1.0)
+    cycle_time_ms: float = _flag("HOROVOD_CYCLE_TIME in ms (-1: keep Horovod's default / the env)", default=-1.0)
+    autotune: bool = _flag("HOROVOD_AUTOTUNE: let Horovod tune fusion threshold and cycle time", default=False)
+
+
+@dataclass
+class ProfileConfig:
+    timeline: str = _flag("record a Horovod timeline (Chrome trace) of a window of steps into this file", default="")
+    timeline_steps: str = _flag("WARMUP:ACTIVE optimizer steps: skip WARMUP, then record ACTIVE", default="5:20")
+    timeline_mark_cycles: bool = _flag("mark Horovod's background cycles in the timeline", default=False)
+
+    def window(self) -> tuple[int, int]:
+        """(first step, number of steps) of the recorded window."""
+        return _steps_window(self.timeline_steps)
+
+
+def _steps_window(text: str) -> tuple[int, int]:
+    try:
+        warmup, active = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--timeline-steps must be WARMUP:ACTIVE, two integers (got {text!r})") from None
+    if warmup < 0 or active < 1:
+        raise ConfigError(f"--timeline-steps: WARMUP must be >= 0 and ACTIVE >= 1 (got {text!r})")
+    return warmup, active
 
 
 @dataclass
@@ -93,6 +141,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,11 +161,24 @@ class Config:
             (self.train.epochs >= 1, "--epochs must be >= 1"),
             (self.train.batch_size >= 1, "--batch-size must be >= 1"),
             (self.train.lr > 0, "--lr must be > 0"),
+            (self.train.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+            (self.train.clip_grad >= 0, "--clip-grad must be >= 0"),
+            (self.train.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.model.self_loop_weight > 0, "--self-loop-weight must be > 0"),
+            (self.train.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
+            (self.train.stop_after_epochs >= 0, "--stop-after-epochs must be >= 0"),
+            (self.train.log_every >= 1, "--log-every must be >= 1"),
+            (self.parallel.backward_passes_per_step >= 1, "--backward-passes-per-step must be >= 1"),
+            (not (self.parallel.reduce_op == "adasum" and self.parallel.compression != "none"),
+             "--reduce-op adasum does not combine with --compression (Horovod's Adasum reduces full precision)"),
+            (not (self.train.stop_after_epochs and not self.train.run_dir),
+             "--stop-after-epochs needs --run-dir (where the checkpoint goes)"),
             (self.train.threads >= 0, "--threads must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.profile.window()
 
 
 _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
@@ -146,6 +208,45 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, **kwargs)
 
 
+def load_toml_defaults(path: str) -> dict[str, Any]:
+    """Read a TOML config ([data], [model], [train], [parallel], [profile] tables) into
+    argparse defaults {"section.field": value}; the command line overrides them."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--config {path}: not a valid TOML file ({exc})") from None
+    defaults: dict[str, Any] = {}
+    for section, table in doc.items():
+        if section not in _SECTIONS or not isinstance(table, dict):
+            raise ConfigError(f"--config {path}: unknown table [{section}] (expected {', '.join(_SECTIONS)})")
+        fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section]())}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ConfigError(f"--config {path}: unknown key {key!r} in [{section}]")
+            expected = type(fields[name].default)
+            if expected is tuple and isinstance(value, list):
+                value = tuple(value)
+            elif expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                raise ConfigError(f"--config {path}: [{section}] {key} must be {expected.__name__} (got {value!r})")
+            defaults[f"{section}.{name}"] = value
+    return defaults
+
+
+def config_to_toml(cfg: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps({section: {k: list(v) if isinstance(v, tuple) else v for k, v in table.items()}
+                          for section, table in cfg.to_dict().items()})
+
+
 def config_from_args(ns: argparse.Namespace) -> Config:
     values = vars(ns)
     sections = {
@@ -153,5 +254,13 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         for section, factory in _SECTIONS.items()
     }
     cfg = Config(**sections)
+    for section, factory in _SECTIONS.items():  # TOML values bypass argparse's choices
+        for f in dataclasses.fields(factory()):
+            choices = f.metadata.get("choices")
+            choices = choices() if callable(choices) else choices
+            value = getattr(getattr(cfg, section), f.name)
+            if choices is not None and value not in choices:
+                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))} (got {value!r})")
     cfg.validate()
     return cfg

@@ -9,6 +9,8 @@ class UserError(Exception):
     cleanly with one line from rank 0, without MPI_Abort.
     """
 
+    exit_code = 2
+
     def __init__(self, message: str, *, all_ranks: bool = False) -> None:
         super().__init__(message)
         self.all_ranks = all_ranks
@@ -20,3 +22,13 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A flag or config value is invalid."""
+
+
+class Interrupted(UserError):
+    """The job was asked to stop (SIGTERM from a scheduler's time limit) and saved a
+    checkpoint first; every rank agrees. Exit status 143 = 128 + SIGTERM."""
+
+    exit_code = 143
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, all_ranks=True)

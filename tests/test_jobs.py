@@ -1,32 +1,267 @@
-"""Launch scripts: DRY_RUN prints the launch line that would run."""
+"""Launch scripts (jobs/): DRY_RUN prints the launch line that would run; fake launchers
+on PATH stand in for srun / mpiexec, so nothing here needs Slurm or PBS."""
 
 import os
+import shlex
+import stat
 import subprocess
+import sys
+
+import pytest
 
 from conftest import REPO
 
+JOBS = REPO / "jobs"
+SCRIPTS = ["local.sh", "slurm.sbatch", "pbs_polaris.sh", "horovodrun.sh"]
+CORES = len(os.sched_getaffinity(0))  # what `nproc` counts
+JEMALLOC_CONF = "MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+# Settings the scripts read: the tests start from none of them, whatever the caller's shell has.
+_SCRIPT_VARS = {"OMP_NUM_THREADS", "DRY_RUN", "ARGS", "CMD", "MPIRUN_ARGS", "MPIEXEC_ARGS", "HOROVODRUN_ARGS",
+                "RANKS_PER_NODE", "DEPTH", "GPUS_PER_NODE", "GPU_AFFINITY", "MALLOC_CONF", "LD_PRELOAD", "HVD_STGNN_ROOT"}
+
+
+def _env(**env) -> dict:
+    base = {k: v for k, v in os.environ.items()
+            if k not in _SCRIPT_VARS and not k.startswith(("SLURM_", "SRUN_", "PBS_", "HVD_STGNN_JEMALLOC", "HOROVOD_"))}
+    return {**base, **env}
+
+
+def _run(script, *args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(JOBS / script), *args], capture_output=True, text=True, env=_env(**env),
+                          timeout=60)
+
 
 def _dry(script, *args, **env):
-    full = {**os.environ, "DRY_RUN": "1", **env}
-    r = subprocess.run(["bash", str(REPO / "jobs" / script), *args], capture_output=True, text=True, env=full)
+    r = _run(script, *args, DRY_RUN="1", **env)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
 
+def _nodefile(tmp_path, *hosts):
+    path = tmp_path / "nodefile"
+    path.write_text("".join(f"{h}\n" for h in hosts))
+    return str(path)
+
+
+def _fake_launcher(bin_dir, name, body):
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+# ---- every script ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_parses_and_is_executable(script):
+    r = subprocess.run(["bash", "-n", str(JOBS / script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert os.access(JOBS / script, os.X_OK)
+    head = (JOBS / script).read_text().splitlines()[:12]
+    assert any("Usage" in line for line in head), "each script documents its usage at the top"
+
+
+def test_the_old_pbs_script_is_gone():
+    assert not (JOBS / "pbs.sh").exists()
+
+
+@pytest.mark.parametrize("script,args,env", [
+    ("local.sh", ["-np", "2"], {}),
+    ("slurm.sbatch", [], {"SLURM_CPUS_PER_TASK": "4"}),
+    ("pbs_polaris.sh", [], {}),
+    ("horovodrun.sh", ["-np", "2"], {}),
+])
+def test_dry_run_prints_one_line_and_launches_nothing(tmp_path, script, args, env):
+    marker = tmp_path / "launched"
+    path = os.environ["PATH"]
+    for launcher in ("mpirun", "srun", "mpiexec", "horovodrun"):
+        path = _fake_launcher(tmp_path / "bin", launcher, f"touch {marker}\n")
+    line = _dry(script, *args, "python", "-c", "print('a b')", PATH=path, **env)
+    assert len(line.splitlines()) == 1
+    assert shlex.split(line)[-3:] == ["python", "-c", "print('a b')"]  # shell-quoted: pastes back as the same words
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("script,args,env", [
+    ("local.sh", ["-np", "2"], {}),
+    ("slurm.sbatch", [], {"SLURM_CPUS_PER_TASK": "4"}),
+    ("pbs_polaris.sh", [], {"GPUS_PER_NODE": "0"}),
+    ("horovodrun.sh", ["-np", "2"], {}),
+])
+def test_jemalloc_is_opt_in(tmp_path, script, args, env):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    cmd = ["hvd-stgnn", "data", "info", "x.h5"]
+    assert "LD_PRELOAD" not in _dry(script, *args, *cmd, HVD_STGNN_JEMALLOC_LIB=str(lib), **env)
+    words = shlex.split(_dry(script, *args, *cmd, HVD_STGNN_JEMALLOC="1", HVD_STGNN_JEMALLOC_LIB=str(lib), **env))
+    assert words[-7:] == ["env", f"LD_PRELOAD={lib}", JEMALLOC_CONF, *cmd]
+    # Asked for but not there: one warning line, the default allocator, still exit 0.
+    r = _run(script, *args, *cmd, DRY_RUN="1", HVD_STGNN_JEMALLOC="1", HVD_STGNN_JEMALLOC_LIB=str(tmp_path / "nope.so"),
+             **env)
+    assert r.returncode == 0 and "LD_PRELOAD" not in r.stdout
+    assert [line for line in r.stderr.splitlines() if "warning" in line and "jemalloc" in line]
+
+
+# ---- local.sh ---------------------------------------------------------------------------------
+
+
 def test_local_adds_oversubscribe_only_past_the_core_count():
-    cores = len(os.sched_getaffinity(0))  # what `nproc` counts
-    assert _dry("local.sh", "-np", str(cores), "hvd-stgnn", "train") == f"mpirun -np {cores} hvd-stgnn train"
-    assert "--oversubscribe" in _dry("local.sh", "-np", str(cores + 1), "hvd-stgnn", "train")
+    assert _dry("local.sh", "-np", str(CORES), "hvd-stgnn", "train") == f"mpirun -np {CORES} hvd-stgnn train"
+    assert "--oversubscribe" in _dry("local.sh", "-np", str(CORES + 1), "hvd-stgnn", "train")
+    assert _dry("local.sh", "-np", "4", "hvd-stgnn", "train").startswith(
+        "mpirun -np 4 --oversubscribe " if CORES < 4 else "mpirun -np 4 ")
 
 
 def test_local_rejects_a_bad_rank_count():
-    r = subprocess.run(["bash", str(REPO / "jobs" / "local.sh"), "-np", "two", "true"], capture_output=True, text=True)
+    r = subprocess.run(["bash", str(JOBS / "local.sh"), "-np", "two", "true"], capture_output=True, text=True)
     assert r.returncode == 2 and "-np must be a positive integer" in r.stderr
+    r = _run("local.sh", "-np", "2")
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_local_threads_per_rank():
+    # One rank: all the cores, unbound (Open MPI would bind -np 1 to ONE core).
+    line = _dry("local.sh", "-np", "1", "hvd-stgnn", "train", "--data", "x.h5")
+    assert line.endswith(" hvd-stgnn train --data x.h5") and ("--bind-to none" in line) == (CORES > 1)
+    # Yours: exported to the ranks and given to the trainer, unless the command has --threads.
+    assert _dry("local.sh", "-np", "1", "hvd-stgnn", "train", "--data", "x.h5", OMP_NUM_THREADS="1") == (
+        "mpirun -np 1 hvd-stgnn train --threads 1 --data x.h5")
+    assert _dry("local.sh", "-np", "1", "hvd-stgnn", "train", "--threads=1", OMP_NUM_THREADS="1") == (
+        "mpirun -np 1 hvd-stgnn train --threads=1")
+    r = _run("local.sh", "-np", "1", "true", DRY_RUN="1", OMP_NUM_THREADS="0")
+    assert r.returncode == 2 and "OMP_NUM_THREADS" in r.stderr
+
+
+@pytest.mark.mpi
+def test_local_sets_the_rank_environment():
+    r = _run("local.sh", "-np", "1", "sh", "-c", 'echo "root=${OMPI_ALLOW_RUN_AS_ROOT:-} threads=$OMP_NUM_THREADS";'
+             " command -v hvd-stgnn")
+    assert r.returncode == 0, r.stderr
+    root = "1" if os.geteuid() == 0 else ""
+    assert f"root={root} threads={CORES}" in r.stdout
+    assert str(REPO / ".venv" / "bin" / "hvd-stgnn") in r.stdout
+
+
+# ---- slurm.sbatch -----------------------------------------------------------------------------
 
 
 def test_cluster_scripts():
     assert _dry("slurm.sbatch", "--data", "x.h5", SLURM_CPUS_PER_TASK="8", OMP_NUM_THREADS="8") == (
         "srun --mpi=pmix --cpu-bind=cores hvd-stgnn train --threads 8 --data x.h5"
     )
-    line = _dry("pbs.sh", RANKS_PER_NODE="4", DEPTH="16", OMP_NUM_THREADS="16", ARGS="--data x.h5")
-    assert line == "mpiexec -n 4 --ppn 4 --depth 16 --cpu-bind depth hvd-stgnn train --threads 16 --data x.h5"
+    line = _dry("pbs_polaris.sh", RANKS_PER_NODE="4", DEPTH="16", OMP_NUM_THREADS="16", GPUS_PER_NODE="0",
+                ARGS="--data x.h5")
+    assert line == "mpiexec -n 4 --ppn 4 --depth=16 --cpu-bind depth hvd-stgnn train --threads 16 --data x.h5"
+
+
+def test_slurm_srun_line():
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "2", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4",
+             "SLURM_CPUS_PER_TASK": "8"}
+    # The command as arguments; the trainer gets threads = cores per task.
+    r = _run("slurm.sbatch", "hvd-stgnn", "train", "--data", "x.h5", "--model", "tgcn", DRY_RUN="1", **slurm)
+    assert r.stdout.strip() == "srun --mpi=pmix --cpu-bind=cores hvd-stgnn train --threads 8 --data x.h5 --model tgcn"
+    assert "2 node(s), 8 rank(s) (4 per node), 8 thread(s) per rank" in r.stderr
+    # Any other command is left alone; the site's PMI and binding are settings.
+    assert _dry("slurm.sbatch", "python", "-c", "pass", SRUN_MPI="pmi2", SRUN_CPU_BIND="none", **slurm) == (
+        "srun --mpi=pmi2 --cpu-bind=none python -c pass")
+    # Nothing: `hvd-stgnn train` and $ARGS; more threads than cores is allowed but warned about.
+    r = _run("slurm.sbatch", DRY_RUN="1", ARGS="--data y.h5", OMP_NUM_THREADS="16", **slurm)
+    assert r.stdout.strip() == "srun --mpi=pmix --cpu-bind=cores hvd-stgnn train --threads 16 --data y.h5"
+    assert "warning: OMP_NUM_THREADS=16 > --cpus-per-task=8" in r.stderr
+
+
+def test_slurm_outside_a_job_refuses_to_launch():
+    r = _run("slurm.sbatch", "--data", "x.h5")
+    assert r.returncode == 2 and "not inside a Slurm job" in r.stderr
+
+
+def test_slurm_environment_reaches_srun(tmp_path):
+    path = _fake_launcher(tmp_path / "bin", "srun",
+                          'echo "args=$*"; env | grep -E "^(OMP_NUM_THREADS|SRUN_CPUS_PER_TASK|SLURM_KILL_BAD_EXIT|'
+                          'SLURM_EXPORT_ENV|HOROVOD_CYCLE_TIME)="; echo "path=$PATH"\n')
+    r = _run("slurm.sbatch", "--data", "x.h5", PATH=path, SLURM_JOB_ID="42", SLURM_CPUS_PER_TASK="4",
+             SLURM_EXPORT_ENV="NONE", HOROVOD_CYCLE_TIME="5")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert "args=--mpi=pmix --cpu-bind=cores hvd-stgnn train --threads 4 --data x.h5" in out
+    for setting in ("OMP_NUM_THREADS=4", "SRUN_CPUS_PER_TASK=4", "SLURM_KILL_BAD_EXIT=1", "SLURM_EXPORT_ENV=ALL",
+                    "HOROVOD_CYCLE_TIME=5"):
+        assert setting in out, (setting, out)
+    assert f"path={REPO / '.venv' / 'bin'}{os.pathsep}" in r.stdout
+    assert "HOROVOD_CYCLE_TIME=5" in r.stderr  # the knobs in effect go to the job log
+
+
+# ---- pbs_polaris.sh ---------------------------------------------------------------------------
+
+
+def test_pbs_ranks_from_the_nodefile(tmp_path):
+    nodes = _nodefile(tmp_path, "x3001c0s7b0n0", "x3001c0s7b1n0")
+    r = _run("pbs_polaris.sh", "hvd-stgnn", "train", "--data", "x.h5", DRY_RUN="1", PBS_NODEFILE=nodes)
+    words = shlex.split(r.stdout.strip())
+    assert words[:7] == ["mpiexec", "-n", "8", "--ppn", "4", "--depth=8", "--cpu-bind"]
+    assert words[7] == "depth" and words[8:10] == ["bash", "-c"]  # the GPU wrapper
+    assert words[11:] == ["gpu-affinity", "hvd-stgnn", "train", "--threads", "8", "--data", "x.h5"]
+    assert "2 node(s) x 4 = 8 rank(s), 8 thread(s) per rank, GPU affinity: reverse" in r.stderr
+    # A nodefile that lists a host once per core still counts nodes; flags imply `hvd-stgnn train`.
+    nodes = _nodefile(tmp_path, "a", "a", "b", "b", "c")
+    assert _dry("pbs_polaris.sh", "--data", "x.h5", PBS_NODEFILE=nodes, GPU_AFFINITY="none", RANKS_PER_NODE="2") == (
+        "mpiexec -n 6 --ppn 2 --depth=8 --cpu-bind depth hvd-stgnn train --threads 8 --data x.h5")
+
+
+def test_pbs_command_from_qsub_variables(tmp_path):
+    nodes = _nodefile(tmp_path, "a")
+    pbs = {"PBS_NODEFILE": nodes, "GPUS_PER_NODE": "0"}
+    assert _dry("pbs_polaris.sh", ARGS="--data x.h5 --epochs 2", **pbs).endswith(
+        "--cpu-bind depth hvd-stgnn train --threads 8 --data x.h5 --epochs 2")
+    assert _dry("pbs_polaris.sh", CMD="hvd-stgnn bench models", **pbs).endswith("--cpu-bind depth hvd-stgnn bench models")
+    r = _run("pbs_polaris.sh", "true", DRY_RUN="1", GPU_AFFINITY="sideways", **pbs)
+    assert r.returncode == 2 and "GPU_AFFINITY" in r.stderr
+    r = _run("pbs_polaris.sh", "true")
+    assert r.returncode == 2 and "PBS_NODEFILE" in r.stderr
+
+
+@pytest.mark.parametrize("affinity,gpus", [("reverse", ["3", "2", "1", "0"]), ("direct", ["0", "1", "2", "3"])])
+def test_pbs_gpu_wrapper_gives_each_local_rank_one_gpu(tmp_path, affinity, gpus):
+    # A stand-in for PALS mpiexec: runs the command once per local rank of one node.
+    path = _fake_launcher(tmp_path / "bin", "mpiexec", """
+ppn=1
+while [ "$#" -gt 0 ]; do
+    case "$1" in --ppn) ppn=$2; shift 2 ;; -n|--cpu-bind) shift 2 ;; --depth=*) shift ;; *) break ;; esac
+done
+for ((r = 0; r < ppn; r++)); do PMI_LOCAL_RANK=$r "$@" || exit; done
+""")
+    r = _run("pbs_polaris.sh", "sh", "-c", 'echo "gpu=$CUDA_VISIBLE_DEVICES threads=$OMP_NUM_THREADS"', PATH=path,
+             PBS_NODEFILE=_nodefile(tmp_path, "a"), GPU_AFFINITY=affinity)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [x for g in gpus for x in (f"gpu={g}", "threads=8")]
+
+
+# ---- horovodrun.sh ----------------------------------------------------------------------------
+
+
+def test_horovodrun_line(tmp_path):
+    assert _dry("horovodrun.sh", "-np", "4", "hvd-stgnn", "train") == "horovodrun -np 4 -H localhost:4 --mpi hvd-stgnn train"
+    assert _dry("horovodrun.sh", "-H", "n1:4,n2:4", "hvd-stgnn", "train", "--data", "x.h5") == (
+        "horovodrun -np 8 -H n1:4,n2:4 --mpi hvd-stgnn train --data x.h5")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("n1 slots=2\n# spare\nn2 slots=2\n")
+    assert _dry("horovodrun.sh", "-hostfile", str(hostfile), "true") == f"horovodrun -np 4 -hostfile {hostfile} --mpi true"
+    assert _dry("horovodrun.sh", "-np", "2", "hvd-stgnn", "train", MPIRUN_ARGS="--report-bindings",
+                OMP_NUM_THREADS="1") == (
+        "horovodrun -np 2 -H localhost:2 --mpi --mpi-args=--report-bindings hvd-stgnn train --threads 1")
+    r = _run("horovodrun.sh", "-np", "0", "true", DRY_RUN="1")
+    assert r.returncode == 2 and "-np must be a positive integer" in r.stderr
+
+
+@pytest.mark.mpi
+def test_horovodrun_launches_two_ranks():
+    code = ("import os, horovod.torch as hvd; hvd.init(); "
+            "os.write(1, f'rank {hvd.rank()} of {hvd.size()} threads {os.environ[\"OMP_NUM_THREADS\"]}\\n'.encode())")
+    r = _run("horovodrun.sh", "-np", "2", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stdout + r.stderr
+    threads = max(1, CORES // 2)
+    for rank in (0, 1):
+        assert f"rank {rank} of 2 threads {threads}" in r.stdout, r.stdout

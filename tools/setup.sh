@@ -24,7 +24,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 HOROVOD_VERSION=0.28.1
 CACHE="${HVD_STGNN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvd_stgnn}"
-DEPS=(numpy mpi4py h5py torch-geometric tqdm matplotlib pytest packaging setuptools wheel cmake)
+DEPS=(numpy mpi4py h5py torch-geometric tqdm matplotlib pytest packaging setuptools wheel cmake tomli-w)
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }

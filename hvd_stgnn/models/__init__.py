@@ -37,15 +37,18 @@ class ModelInputs:
     diffusion_steps: int = 2  # DCRNN: K; Graph WaveNet: diffusion order
     teacher_decay: int = 0  # DCRNN scheduled sampling: cl_decay_steps (0: off)
     adaptive_adjacency: bool = True  # Graph WaveNet: learned adjacency (dense graphs only)
+    self_loop_weight: float = 8.0  # T-GCN, A3T-GCN: weight w of the GCN's self-loops, Â = norm(A + w I)
 
 
 def _tgcn(m: ModelInputs) -> nn.Module:
-    graph = GCNOperator(m.edge_index, m.edge_weight, m.num_nodes, symmetric=True, mode=m.graph_mode)
+    graph = GCNOperator(m.edge_index, m.edge_weight, m.num_nodes, symmetric=True, mode=m.graph_mode,
+                         self_loop_weight=m.self_loop_weight)
     return TGCN(graph, m.in_features, m.horizon, hidden=m.hidden)
 
 
 def _a3tgcn(m: ModelInputs) -> nn.Module:
-    graph = GCNOperator(m.edge_index, m.edge_weight, m.num_nodes, symmetric=True, mode=m.graph_mode)
+    graph = GCNOperator(m.edge_index, m.edge_weight, m.num_nodes, symmetric=True, mode=m.graph_mode,
+                         self_loop_weight=m.self_loop_weight)
     return A3TGCN(graph, m.in_features, m.horizon, hidden=m.hidden)
 
 

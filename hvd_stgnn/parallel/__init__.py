@@ -8,23 +8,30 @@ from hvd_stgnn.parallel.base import Backend, SingleProcessBackend
 from hvd_stgnn.parallel.launcher import launcher_local_rank, launcher_rank, launcher_size, under_launcher
 
 
-def _horovod() -> Backend:
+def _horovod(parallel=None, timeline: bool = False) -> Backend:
     from hvd_stgnn.parallel.horovod_backend import HorovodBackend
 
-    return HorovodBackend()
+    return HorovodBackend(parallel, timeline)
 
 
-BACKENDS: dict[str, Callable[[], Backend]] = {
+def _single(parallel=None, timeline: bool = False) -> Backend:
+    return SingleProcessBackend()
+
+
+# name -> builder(parallel: ParallelConfig | None, timeline: bool) -> Backend
+BACKENDS: dict[str, Callable[..., Backend]] = {
     "horovod": _horovod,
-    "single": SingleProcessBackend,
+    "single": _single,
 }
 
 
-def make_backend(name: str) -> Backend:
-    """Build the backend `name` (a key of BACKENDS); collective under a launcher."""
+def make_backend(name: str, parallel=None, timeline: bool = False) -> Backend:
+    """Build the backend `name` (a key of BACKENDS); collective under a launcher.
+    `parallel` (a ParallelConfig) carries the backend's knobs; `timeline` prepares a
+    windowed timeline recording."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
-    return BACKENDS[name]()
+    return BACKENDS[name](parallel, timeline)
 
 
 __all__ = [

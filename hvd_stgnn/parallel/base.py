@@ -1,9 +1,10 @@
 """The small interface the trainer uses for everything distributed.
 
 The trainer never imports Horovod or torch.distributed; it holds a `Backend` and calls:
-rank/size/local_rank/local_size, `allreduce_sum`, `broadcast_state`, `wrap_optimizer`,
-`allgather_object`, `abort`. Implementations: `SingleProcessBackend` (here) and
-`HorovodBackend` (horovod_backend.py); DDP comes later behind the same interface.
+rank/size/local_rank/local_size, `allreduce_sum`, `broadcast_state`, `broadcast_object`,
+`wrap_optimizer`, `finish_gradients` + `step`, `any_rank`, `allgather_object`,
+`start_timeline`/`stop_timeline`, `abort`. Implementations: `SingleProcessBackend` (here)
+and `HorovodBackend` (horovod_backend.py); DDP comes later behind the same interface.
 """
 
 from __future__ import annotations
@@ -53,6 +54,32 @@ class Backend:
                 if name not in params and buf.is_floating_point():
                     buf.copy_(self.allreduce_sum(buf.cpu()).to(buf.device) / self.size)
 
+    def finish_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Collective: return once every gradient is averaged over ranks (Horovod: wait for
+        the allreduces started during backward; DDP does this inside backward)."""
+        return None
+
+    def step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, max_norm: float) -> None:
+        """optimizer.step() on the finished gradients, their global norm clipped to
+        max_norm first (0: off). Clipping the averaged gradients keeps ranks identical."""
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Collective: rank 0's `obj` on every rank (pickled; for small things)."""
+        raise NotImplementedError
+
+    def any_rank(self, flag: bool) -> bool:
+        """Collective: True on every rank if `flag` is True on any (e.g. a SIGTERM seen)."""
+        return bool(self.allreduce_sum(torch.tensor([float(flag)])).item() > 0)
+
+    def start_timeline(self, path: str, mark_cycles: bool) -> None:
+        raise NotImplementedError(f"--timeline is not supported by the {self.name} backend")
+
+    def stop_timeline(self) -> None:
+        return None
+
     def allgather_object(self, obj: Any) -> list[Any]:
         """Collective: list of every rank's `obj`, in rank order."""
         raise NotImplementedError
@@ -81,3 +108,9 @@ class SingleProcessBackend(Backend):
 
     def allgather_object(self, obj):
         return [obj]
+
+    def broadcast_object(self, obj):
+        return obj
+
+    def any_rank(self, flag: bool) -> bool:
+        return bool(flag)

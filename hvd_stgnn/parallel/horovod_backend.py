@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from hvd_stgnn.errors import ConfigError
 from hvd_stgnn.parallel.base import Backend
+
+MIB = 1024 * 1024
+
+
+def horovod_env(parallel, timeline: bool) -> dict[str, str]:
+    """Environment Horovod reads at hvd.init() for the given ParallelConfig (only what the
+    flags set; values already in the environment win when a flag is left at -1)."""
+    env = {}
+    if parallel.fusion_threshold_mb >= 0:
+        env["HOROVOD_FUSION_THRESHOLD"] = str(int(parallel.fusion_threshold_mb * MIB))
+    if parallel.cycle_time_ms >= 0:
+        env["HOROVOD_CYCLE_TIME"] = f"{parallel.cycle_time_ms:g}"
+    if parallel.autotune:
+        env["HOROVOD_AUTOTUNE"] = "1"
+    if timeline:
+        # DYNAMIC: no file at init; hvd.start_timeline/stop_timeline record a window.
+        env["HOROVOD_TIMELINE"] = "DYNAMIC"
+    return env
 
 
 class HorovodBackend(Backend):
     name = "horovod"
 
-    def __init__(self) -> None:
+    def __init__(self, parallel=None, timeline: bool = False) -> None:
+        if timeline and os.environ.get("HOROVOD_TIMELINE", "DYNAMIC") != "DYNAMIC":
+            raise ConfigError(
+                f"--timeline and HOROVOD_TIMELINE={os.environ['HOROVOD_TIMELINE']} both set: use one "
+                "(HOROVOD_TIMELINE records the whole run, --timeline a window of steps)"
+            )
+        self.parallel = parallel
+        if parallel is not None:
+            os.environ.update(horovod_env(parallel, timeline))
         # mpi4py first: Horovod then reuses the MPI library state mpi4py initialised
         # (MPI_THREAD_MULTIPLE), and the communicator is shared with our own MPI code.
         from mpi4py import MPI
@@ -20,6 +49,7 @@ class HorovodBackend(Backend):
         if not hvd.mpi_enabled():
             raise RuntimeError("Horovod was initialised without MPI; rebuild it with HOROVOD_WITH_MPI=1 (tools/setup.sh)")
         self._hvd = hvd
+        self._mpi = MPI
         self.comm = MPI.COMM_WORLD
         self.rank = hvd.rank()
         self.size = hvd.size()
@@ -34,14 +64,52 @@ class HorovodBackend(Backend):
         self._hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     def wrap_optimizer(self, optimizer, model):
-        return self._hvd.DistributedOptimizer(
+        hvd, p = self._hvd, self.parallel
+        compression = hvd.Compression.fp16 if p is not None and p.compression == "fp16" else hvd.Compression.none
+        op = hvd.Adasum if p is not None and p.reduce_op == "adasum" else hvd.Average
+        return hvd.DistributedOptimizer(
             optimizer,
             named_parameters=model.named_parameters(),
-            op=self._hvd.Average,
+            compression=compression,
+            op=op,
+            backward_passes_per_step=p.backward_passes_per_step if p is not None else 1,
         )
+
+    @property
+    def _adasum(self) -> bool:
+        return self.parallel is not None and self.parallel.reduce_op == "adasum"
+
+    def finish_gradients(self, optimizer) -> None:
+        # Adasum reduces each rank's parameter *update* inside step(), not the gradients.
+        if not self._adasum:
+            optimizer.synchronize()
+
+    def step(self, optimizer, model, max_norm: float) -> None:
+        if max_norm > 0:  # averaged gradients; with Adasum each rank's own, before its local update
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if self._adasum:
+            optimizer.step()
+            return
+        # Gradients were averaged in finish_gradients: step without a second
+        # synchronization (Horovod's documented pattern for clipping).
+        with optimizer.skip_synchronize():
+            optimizer.step()
+
+    def any_rank(self, flag: bool) -> bool:
+        # Plain MPI on our communicator: microseconds, no Horovod negotiation cycle.
+        return bool(self.comm.allreduce(int(flag), op=self._mpi.MAX))
+
+    def broadcast_object(self, obj):
+        return self._hvd.broadcast_object(obj, root_rank=0)
 
     def allgather_object(self, obj):
         return self._hvd.allgather_object(obj)
+
+    def start_timeline(self, path: str, mark_cycles: bool) -> None:
+        self._hvd.start_timeline(path, mark_cycles=mark_cycles)
+
+    def stop_timeline(self) -> None:
+        self._hvd.stop_timeline()
 
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)

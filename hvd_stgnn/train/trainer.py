@@ -1,27 +1,36 @@
 """The training loop: one model, batch sources per split, a backend for everything distributed.
 
-Data preparation (load, split, statistics, sources) is in data_setup.py. Every rank runs
-the same number of steps per epoch; validation/test metrics are sums and counts, reduced.
+Data preparation (load, split, statistics, sources) is in data_setup.py, evaluation in
+evaluate.py, checkpoints in checkpoint.py. Every rank runs the same number of optimizer
+steps per epoch; validation/test metrics are sums and counts, reduced.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 
 import torch
 from tqdm import tqdm
 
-from hvd_stgnn.batching import StartRange, balanced_range, num_batches
-from hvd_stgnn.batching.sources import BatchSource
+from hvd_stgnn.batching import num_batches
 from hvd_stgnn.config import Config
-from hvd_stgnn.metrics import HistoricalAverage, HorizonErrorSums, masked_mae_loss, persistence, slot_sums, slots_of
+from hvd_stgnn.errors import ConfigError, Interrupted, UserError
+from hvd_stgnn.metrics import HorizonErrorSums, masked_mae_loss
 from hvd_stgnn.models import ModelInputs, build_model
 from hvd_stgnn.parallel import Backend
-from hvd_stgnn.train.data_setup import RankData, prepare, resolve_device
+from hvd_stgnn.profiling.window import TimelineWindow
+from hvd_stgnn.train import checkpoint as ckpt
+from hvd_stgnn.train.data_setup import prepare, resolve_device
+from hvd_stgnn.train.evaluate import batching_summary, evaluate, evaluate_baselines, param_digest
+from hvd_stgnn.train.faults import FaultInjector, StopSignal
+from hvd_stgnn.train.phases import PhaseTimer, summarize
 from hvd_stgnn.train.results import format_test_table, write_json_atomic
+from hvd_stgnn.train.runlog import RunLog
+from hvd_stgnn.train.schedule import lr_factor
+
+__all__ = ["evaluate", "param_digest", "threads_per_rank", "train"]
 
 
 def _log(backend: Backend, message: str) -> None:
@@ -35,88 +44,80 @@ def threads_per_rank(requested: int, local_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local_size))
 
 
-def param_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes, in state_dict order (to compare ranks)."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _agree(backend: Backend, fn):
+    """Run `fn` on rank 0 only; every rank gets its result, or the same UserError."""
+    result, error = None, None
+    if backend.is_root:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = (type(exc), str(exc))
+    result, error = backend.broadcast_object((result, error))
+    if error is not None:
+        raise error[0](error[1], all_ranks=True)
+    return result
 
 
-def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, mean: float, std: float) -> HorizonErrorSums:
-    """Metrics over every window of the split (each rank its balanced share); collective."""
-    backend.average_buffers(model)
-    starts = source.eval_starts()
-    sums = HorizonErrorSums(source.gather.horizon)
-    model.eval()
-    with torch.no_grad():
-        for lo in range(0, len(starts), batch_size):
-            batch = source(starts[lo : lo + batch_size])
-            sums.update(model(batch.x) * std + mean, batch.y, batch.mask)
-    model.train()
-    return sums.reduced(backend.allreduce_sum)
+def _build_model(cfg: Config, rd, num_features: int, device: torch.device) -> torch.nn.Module:
+    data = rd.data
+    inputs = ModelInputs(
+        edge_index=torch.from_numpy(data.edge_index),
+        edge_weight=torch.from_numpy(data.edge_weight),
+        num_nodes=data.num_nodes,
+        in_features=num_features,
+        input_steps=cfg.data.input_steps,
+        horizon=cfg.data.horizon,
+        hidden=cfg.model.hidden,
+        graph_mode=cfg.model.graph_mode,
+        layers=cfg.model.layers,
+        diffusion_steps=cfg.model.diffusion_steps,
+        teacher_decay=cfg.model.teacher_decay,
+        adaptive_adjacency=cfg.model.adaptive_adjacency,
+        self_loop_weight=cfg.model.self_loop_weight,
+    )
+    return build_model(cfg.model.name, inputs).to(device)
 
 
-def evaluate_baselines(rd: RankData, cfg: Config, backend: Backend) -> dict:
-    """Persistence and historical average on the test windows, same metrics; collective."""
-    L, H = cfg.data.input_steps, cfg.data.horizon
-    data, source = rd.data, rd.sources["test"]
-    # Historical-average table from the raw steps the training windows touch, each rank
-    # summing a balanced share, one allreduce.
-    # Never past the first test target, even when val holds fewer than H windows.
-    span = StartRange(0, min(rd.splits["train"].steps_touched(L, H)[1], rd.splits["test"].start + L))
-    weekly = span.count * data.interval_s >= 14 * 86_400
-    slots, num_slots = slots_of(data.timestamps, data.interval_s, weekly)
-    mine = balanced_range(span, backend.rank, backend.size)
-    sums = backend.allreduce_sum(torch.from_numpy(slot_sums(data.speed, slots, num_slots, mine.start, mine.stop)))
-    history = HistoricalAverage(sums.numpy(), slots, L, H, rd.mean)
-    persist_sums, history_sums = HorizonErrorSums(H), HorizonErrorSums(H)
-    starts = source.eval_starts()
-    with torch.no_grad():
-        for lo in range(0, len(starts), cfg.train.batch_size):
-            chunk = starts[lo : lo + cfg.train.batch_size]
-            batch = source(chunk)
-            persist_sums.update(persistence(source.gather.raw_inputs(chunk), H, rd.mean), batch.y, batch.mask)
-            history_sums.update(history(chunk).to(batch.y.device), batch.y, batch.mask)
-    return {
-        "persistence": persist_sums.reduced(backend.allreduce_sum).table(data.interval_s),
-        "historical_average": history_sums.reduced(backend.allreduce_sum).table(data.interval_s),
-        "historical_average_slots": "time-of-week" if weekly else "time-of-day",
-    }
+class _State:
+    """Where training stands; what a checkpoint restores."""
 
-
-def _batching_summary(rd: RankData, backend: Backend, device: torch.device) -> dict:
-    """What each rank holds, gathered to every rank (small)."""
-    train = rd.sources["train"]
-    mine = {
-        "device_bytes": sum(src.device_bytes for src in rd.sources.values()),
-        "train_steps_held": [train.gather.step_offset, train.gather.step_offset + train.gather.series.shape[0]],
-    }
-    ranks = backend.allgather_object(mine)
-    return {
-        "kind": train.kind,
-        "device": str(device),
-        "shares_node_memory": train.shares_node_memory,
-        "device_bytes_per_rank": [r["device_bytes"] for r in ranks],
-        "train_steps_held_per_rank": [r["train_steps_held"] for r in ranks],
-    }
+    def __init__(self) -> None:
+        self.epoch, self.step, self.global_step = 1, 0, 0  # next epoch / step within it to run
+        self.history: list[dict] = []
+        self.best = {"val_mae": float("inf"), "epoch": 0, "state": None}
 
 
 def train(cfg: Config, backend: Backend) -> dict:
-    """Run the whole job; returns the results dict (rank 0 also writes it to cfg.train.results)."""
+    """Run the whole job; returns the results dict (rank 0 also writes it)."""
     t_start = time.perf_counter()
     log = lambda message: _log(backend, message)  # noqa: E731
     torch.set_num_threads(threads_per_rank(cfg.train.threads, backend.local_size))
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device, backend.local_rank)
+    opened: dict = {}
+    _agree(backend, lambda: opened.setdefault("log", RunLog(cfg, True, t_start)) and None)
+    runlog = opened.get("log") or RunLog(cfg, False, t_start)  # only rank 0's writes
+    resumed = None
+    if cfg.train.resume:
+        def _load():
+            path = ckpt.resolve_resume(cfg.train.resume)
+            state = ckpt.load(path)
+            ckpt.check_compatible(state, cfg.to_dict(), ckpt.data_fingerprint(cfg.data.path), path)
+            return path, state
+        resumed = _agree(backend, _load)
 
     rd = prepare(cfg, backend, device, log)
     data, splits, sources = rd.data, rd.splits, rd.sources
     train_source = sources["train"]
+    B, k = cfg.train.batch_size, cfg.parallel.backward_passes_per_step
     per_rank = len(train_source.epoch_starts(1))
-    steps_per_epoch = num_batches(per_rank, cfg.train.batch_size)
-    batching = _batching_summary(rd, backend, device)
+    steps_per_epoch = num_batches(per_rank, B) // k
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"--backward-passes-per-step {k}: each rank has only {num_batches(per_rank, B)} batch(es) per epoch",
+            all_ranks=True,
+        )
+    batching = batching_summary(rd, backend, device)
     log(
         f"data: {cfg.data.path}  T={data.num_steps} N={data.num_nodes} E={data.num_edges}  "
         f"windows train/val/test={splits['train'].count}/{splits['val'].count}/{splits['test'].count}  "
@@ -125,83 +126,181 @@ def train(cfg: Config, backend: Backend) -> dict:
     where = "views of node-shared memory" if batching["shares_node_memory"] else f"private on {device}"
     log(
         f"batching: {train_source.kind}  {per_rank} training windows/rank, {steps_per_epoch} steps/epoch "
-        f"(ranks: {backend.size}, {backend.name}; {splits['train'].count - per_rank * backend.size} tail window(s) "
+        f"of {k} x {B} windows (ranks: {backend.size}, {backend.name}; "
+        f"{splits['train'].count - per_rank * backend.size} tail window(s) "
         f"{'dropped' if per_rank * backend.size <= splits['train'].count else 'repeated'}); data held per rank: "
         f"max {max(batching['device_bytes_per_rank']) / 1e6:.2f} MB ({where}); threads/rank: {torch.get_num_threads()}"
     )
 
-    model = build_model(
-        cfg.model.name,
-        ModelInputs(
-            edge_index=torch.from_numpy(data.edge_index),
-            edge_weight=torch.from_numpy(data.edge_weight),
-            num_nodes=data.num_nodes,
-            in_features=train_source.num_features,
-            input_steps=cfg.data.input_steps,
-            horizon=cfg.data.horizon,
-            hidden=cfg.model.hidden,
-            graph_mode=cfg.model.graph_mode,
-            layers=cfg.model.layers,
-            diffusion_steps=cfg.model.diffusion_steps,
-            teacher_decay=cfg.model.teacher_decay,
-            adaptive_adjacency=cfg.model.adaptive_adjacency,
-        ),
-    ).to(device)
+    model = _build_model(cfg, rd, train_source.num_features, device)
     uses_teacher = getattr(model, "uses_teacher", False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    base_lr = cfg.train.lr * (backend.size if cfg.train.scale_lr else 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, weight_decay=cfg.train.weight_decay)
     backend.broadcast_state(model, optimizer)
     optimizer = backend.wrap_optimizer(optimizer, model)
-    log(f"model: {cfg.model.name}  {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, cfg.train.lr_schedule)
+    )
+    st = _State()
+    if resumed is not None:
+        path, state = resumed
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        backend.broadcast_state(model, optimizer)
+        rngs = state["rng"]
+        ckpt.set_rng_state(rngs[backend.rank] if len(rngs) == backend.size else rngs[0])
+        st.epoch, st.step, st.global_step = state["epoch"], state["step"], state["global_step"]
+        st.history, st.best = state["history"], state["best"]
+        log(f"resumed from {path}: epoch {st.epoch}, step {st.step} of {steps_per_epoch} (global step {st.global_step})")
+    log(
+        f"model: {cfg.model.name}  {sum(p.numel() for p in model.parameters()):,} parameters on {device}  "
+        f"lr {base_lr:g} ({cfg.train.lr_schedule}, warm-up {warmup_steps} steps, clip {cfg.train.clip_grad:g})"
+    )
 
-    epochs = []
-    B = cfg.train.batch_size
-    for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        order = train_source.epoch_starts(epoch)
-        train_sums = HorizonErrorSums(cfg.data.horizon)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not backend.is_root,
-                   leave=False, dynamic_ncols=True, mininterval=0.5)
-        for step in bar:
-            batch = train_source(order[step * B : (step + 1) * B])
-            teacher = ((batch.y - rd.mean) / rd.std).masked_fill(~batch.mask, 0.0) if uses_teacher else None
-            pred = model(batch.x, teacher) * rd.std + rd.mean
-            loss = masked_mae_loss(pred, batch.y, batch.mask)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            train_sums.update(pred.detach(), batch.y, batch.mask)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        bar.close()
-        train_mae = train_sums.reduced(backend.allreduce_sum).mae
-        val_mae = evaluate(model, sources["val"], backend, B, rd.mean, rd.std).mae
-        seconds = time.perf_counter() - t0
-        epochs.append({"epoch": epoch, "train_mae": train_mae, "val_mae": val_mae, "seconds": seconds})
-        log(f"epoch {epoch:3d}/{cfg.train.epochs}  train MAE {train_mae:7.4f}  val MAE {val_mae:7.4f}  ({seconds:.1f} s)")
+    fingerprint = ckpt.data_fingerprint(cfg.data.path) if backend.is_root else None
 
-    test = evaluate(model, sources["test"], backend, B, rd.mean, rd.std)
-    test_table = test.table(data.interval_s)
-    baselines = evaluate_baselines(rd, cfg, backend) if cfg.train.baselines else {}
-    digests = backend.allgather_object(param_digest(model))
+    def save_checkpoint(name: str = ckpt.LAST) -> None:
+        rngs = backend.allgather_object(ckpt.rng_state())
+        if backend.is_root and runlog.dir is not None:
+            ckpt.save_atomic(ckpt.checkpoint_path(runlog.dir, name), {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": st.epoch, "step": st.step, "global_step": st.global_step, "rng": rngs,
+                "history": st.history, "best": st.best, "config": cfg.to_dict(), "world_size": backend.size,
+                "normalization": {"mean": rd.mean, "std": rd.std}, "data_fingerprint": fingerprint,
+            })
+
+    timeline = TimelineWindow(backend, cfg.profile.timeline, *cfg.profile.window(), cfg.profile.timeline_mark_cycles)
+    faults = FaultInjector(backend.rank)
+    timer = PhaseTimer(device)
+    phase_timings = []
+    job_steps, job_epochs = 0, 0
+    stopped_early = False
+    with StopSignal() as stop:
+        try:
+            while st.epoch <= cfg.train.epochs:
+                epoch, t0 = st.epoch, time.perf_counter()
+                order = train_source.epoch_starts(epoch)
+                train_sums = HorizonErrorSums(cfg.data.horizon)
+                timer.reset()
+                bar = tqdm(range(st.step, steps_per_epoch), initial=st.step, total=steps_per_epoch,
+                           desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not backend.is_root, leave=False,
+                           dynamic_ncols=True, mininterval=0.5, unit="step")
+                for step in bar:
+                    faults.before_step(job_steps)
+                    timeline.before_step(job_steps)
+                    optimizer.zero_grad()
+                    for micro in range(k):
+                        lo = (step * k + micro) * B
+                        with timer.phase("batch"):
+                            batch = train_source(order[lo : lo + B])
+                        with timer.phase("forward"):
+                            teacher = ((batch.y - rd.mean) / rd.std).masked_fill(~batch.mask, 0.0) if uses_teacher else None
+                            pred = model(batch.x, teacher) * rd.std + rd.mean
+                            loss = masked_mae_loss(pred, batch.y, batch.mask)
+                        with timer.phase("backward"):
+                            (loss / k).backward()
+                        train_sums.update(pred.detach(), batch.y, batch.mask)
+                    with timer.phase("backward"):  # + waiting for the gradient allreduce
+                        backend.finish_gradients(optimizer)
+                    with timer.phase("optimizer"):
+                        backend.step(optimizer, model, cfg.train.clip_grad)
+                        scheduler.step()
+                    timer.steps += 1
+                    job_steps += 1
+                    st.global_step, st.step = st.global_step + 1, step + 1
+                    timeline.after_step(job_steps)
+                    loss_value = loss.item()
+                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                    if st.global_step % cfg.train.log_every == 0 and runlog.active:
+                        runlog.record("step", epoch=epoch, step=st.step, global_step=st.global_step,
+                                      loss=loss_value, lr=scheduler.get_last_lr()[0])
+                    if backend.any_rank(stop.requested is not None):
+                        save_checkpoint()
+                        where = f"; resume with --resume {runlog.dir}" if runlog.dir else " (no --run-dir: nothing saved)"
+                        raise Interrupted(f"stopped by {stop.requested or 'a signal on another rank'} at epoch {epoch}, "
+                                          f"step {st.step}/{steps_per_epoch}{where}")
+                bar.close()
+
+                train_mae = train_sums.reduced(backend.allreduce_sum).mae
+                val_mae = evaluate(model, sources["val"], backend, B, rd.mean, rd.std).mae
+                seconds = time.perf_counter() - t0
+                phases = summarize(backend.allgather_object(timer.per_step_ms()))
+                phase_timings.append({"epoch": epoch, "steps": timer.steps, **phases})
+                improved = val_mae < st.best["val_mae"]
+                if improved:  # every rank sees the same reduced val MAE, so all keep the same epoch
+                    st.best = {"val_mae": val_mae, "epoch": epoch,
+                               "state": {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}}
+                lr_now = scheduler.get_last_lr()[0]
+                st.history.append({"epoch": epoch, "train_mae": train_mae, "val_mae": val_mae, "seconds": seconds})
+                st.epoch, st.step = epoch + 1, 0
+                job_epochs += 1
+                runlog.record("epoch", epoch=epoch, train_mae=train_mae, val_mae=val_mae, seconds=seconds, lr=lr_now,
+                              phases={p: v["median"] for p, v in phases.items()})
+                log(
+                    f"epoch {epoch:3d}/{cfg.train.epochs}  train MAE {train_mae:7.4f}  val MAE {val_mae:7.4f}"
+                    f"{' *' if improved else '  '} lr {lr_now:.2e}  step {phases['step_ms']['median']:.1f} ms "
+                    f"(batch {phases['batch_ms']['median']:.1f} fwd {phases['forward_ms']['median']:.1f} "
+                    f"bwd+allreduce {phases['backward_ms']['median']:.1f} opt {phases['optimizer_ms']['median']:.1f}; "
+                    f"max/min rank {phases['step_ms']['max'] / max(phases['step_ms']['min'], 1e-9):.2f})  ({seconds:.1f} s)"
+                )
+                last = st.epoch > cfg.train.epochs
+                stop_now = cfg.train.stop_after_epochs and job_epochs >= cfg.train.stop_after_epochs and not last
+                if last or stop_now or (cfg.train.checkpoint_every and epoch % cfg.train.checkpoint_every == 0):
+                    save_checkpoint()
+                if stop_now:
+                    stopped_early = True
+                    log(f"stopping after {job_epochs} epoch(s) (--stop-after-epochs); continue with --resume {runlog.dir}")
+                    break
+        finally:
+            timeline.stop(job_steps)
+            if backend.is_root:
+                runlog.close()
+
     results = {
         "model": cfg.model.name,
         "world_size": backend.size,
         "backend": backend.name,
-        "epochs": epochs,
-        "test": test_table,
-        "test_windows": splits["test"].count,
-        "baselines": baselines,
+        "epochs": st.history,
+        "phase_timings": phase_timings,
         "normalization": {"mean": rd.mean, "std": rd.std},
         "load": {**dataclasses.asdict(rd.load), "read_mb_per_s": rd.load.read_mb_per_s},
         "batching": batching,
-        "param_digests": digests,
-        "total_seconds": time.perf_counter() - t_start,
         "config": cfg.to_dict(),
     }
-    log(format_test_table(test_table, backend.size, splits["test"].count, baselines))
+    if timeline.info is not None:
+        results["timeline"] = timeline.info
+        log(f"timeline: {timeline.info['file']} (steps {timeline.info['first_step']}.."
+            f"{timeline.info['first_step'] + timeline.info['active_steps'] - 1}, {timeline.info['window_seconds']:.2f} s); "
+            f"report: hvd-stgnn timeline {timeline.info['file']}" + (f" --results {runlog.results_path}" if runlog.results_path else ""))
+    if stopped_early:
+        results["stopped_after_epoch"] = st.epoch - 1
+    else:
+        tested = cfg.train.epochs
+        if cfg.train.test_on == "best" and st.best["state"] is not None and st.best["epoch"] != cfg.train.epochs:
+            model.load_state_dict(st.best["state"])
+            tested = st.best["epoch"]
+            log(f"testing the model of epoch {tested} (best validation MAE {st.best['val_mae']:.4f}; --test-on last to change)")
+        if backend.is_root and runlog.dir is not None and st.best["state"] is not None:
+            ckpt.save_atomic(ckpt.checkpoint_path(runlog.dir, ckpt.BEST), {
+                "model": st.best["state"], "epoch": st.best["epoch"], "val_mae": st.best["val_mae"],
+                "config": cfg.to_dict(), "normalization": {"mean": rd.mean, "std": rd.std},
+            })
+        test = evaluate(model, sources["test"], backend, B, rd.mean, rd.std)
+        results["tested_epoch"] = tested
+        results["test"] = test.table(data.interval_s)
+        results["test_windows"] = splits["test"].count
+        results["baselines"] = evaluate_baselines(rd, cfg, backend) if cfg.train.baselines else {}
+        log(format_test_table(results["test"], backend.size, splits["test"].count, results["baselines"]))
+    digests = backend.allgather_object(param_digest(model))
+    results["param_digests"] = digests
+    results["total_seconds"] = time.perf_counter() - t_start
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different parameters: {digests}")
-    if backend.is_root and cfg.train.results:
-        write_json_atomic(cfg.train.results, results)
-        log(f"results: {cfg.train.results}")
+    if backend.is_root and runlog.results_path:
+        write_json_atomic(runlog.results_path, results)
+        log(f"results: {runlog.results_path}")
     rd.free()
     return results

@@ -1,0 +1,103 @@
+"""Checkpoints: written by rank 0 atomically, read by rank 0 and broadcast.
+
+A checkpoint holds everything needed to continue bit-for-bit on CPU: model, optimizer and
+LR-schedule state, the position (epoch, step within it, global step), RNG states, the best
+validation model, the normalization statistics, the config, and a fingerprint of the data
+file (a resumed run on different data is refused).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hvd_stgnn.errors import ConfigError, UserError
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be written or read (one line, names the path)."""
+
+
+def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / name
+
+
+def resolve_resume(path: str) -> Path:
+    """--resume accepts a run directory (its checkpoints/last.pt) or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        p = checkpoint_path(p)
+    if not p.is_file():
+        raise ConfigError(f"--resume {path}: no checkpoint at {p}")
+    return p
+
+
+def data_fingerprint(path: str) -> dict:
+    """Size and modification time of the data file: cheap, and enough to catch a file
+    rewritten between a run and its resumption."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_atomic(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over
+    `path`: a crash or a full disk leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated / not a torch file: one line, not a pickle traceback
+        raise CheckpointError(f"--resume {path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"--resume {path}: not an hvd-stgnn checkpoint (format {FORMAT_VERSION})")
+    return state
+
+
+def check_compatible(state: dict, cfg_dict: dict, fingerprint: dict, path: Path) -> None:
+    """Refuse to resume with a different model/data setup (the training flags may change)."""
+    old = state["config"]
+    for section, keys in {"model": None, "data": ("path", "input_steps", "horizon", "split", "day_of_week")}.items():
+        for key in keys or old[section].keys():
+            if old[section].get(key) != cfg_dict[section].get(key):
+                raise CheckpointError(
+                    f"--resume {path}: checkpoint has {section}.{key}={old[section].get(key)!r}, "
+                    f"this run {cfg_dict[section].get(key)!r}"
+                )
+    then = state["data_fingerprint"]
+    if (then["bytes"], then["mtime_ns"]) != (fingerprint["bytes"], fingerprint["mtime_ns"]):
+        raise CheckpointError(
+            f"--resume {path}: data file {fingerprint['path']} changed since the checkpoint "
+            f"({then['bytes']} -> {fingerprint['bytes']} bytes, mtime {then['mtime_ns']} -> {fingerprint['mtime_ns']})"
+        )

@@ -1,0 +1,507 @@
+"""`hvd-stgnn timeline`: parsing Horovod timelines, the report's arithmetic, the chart, the CLI.
+
+Real fixtures in tests/data (20 sensors x 600 steps, `--model tgcn --hidden 16 --epochs 1
+--threads 1 --no-baselines`, 7 steps/epoch, 2 ranks on 2 cores):
+- timeline_tgcn_2rank.json: the whole job, `HOROVOD_TIMELINE=F HOROVOD_TIMELINE_MARK_CYCLES=1`
+  (broadcasts, allgathers, negotiation ticks, evaluation allreduces);
+- timeline_window_2rank.json + results_window_2rank.json: the trainer's own window,
+  `--timeline F --timeline-steps 2:4 --timeline-mark-cycles --results R`.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import our_error_lines, run_cli, run_mpi
+from hvd_stgnn.errors import DataError
+from hvd_stgnn.profiling.timeline import (
+    build_report,
+    category,
+    format_report,
+    load_results,
+    load_timeline,
+    merge_intervals,
+    overlap_groups,
+    parse_events,
+    read_events,
+    tensor_bytes,
+    union_length,
+)
+
+FIXTURE = Path(__file__).parent / "data" / "timeline_tgcn_2rank.json"
+WINDOW = Path(__file__).parent / "data" / "timeline_window_2rank.json"
+WINDOW_RESULTS = Path(__file__).parent / "data" / "results_window_2rank.json"
+
+
+# --- interval arithmetic ----------------------------------------------------------------
+
+
+def test_union_of_overlapping_nested_and_disjoint_intervals():
+    assert union_length([]) == 0
+    assert union_length([(0, 10), (5, 15)]) == 15  # overlap counted once
+    assert union_length([(0, 10), (2, 3)]) == 10  # nested
+    assert union_length([(0, 1), (2, 3)]) == 2  # disjoint
+    assert union_length([(0, 1), (1, 2)]) == 2  # touching
+    assert union_length([(20, 30), (0, 10), (5, 12), (29, 31)]) == 23  # unsorted
+    assert merge_intervals([(5, 6), (0, 2), (1, 3)]) == [(0, 3), (5, 6)]
+
+
+def test_overlap_groups_count_fused_batches():
+    assert overlap_groups([]) == 0
+    assert overlap_groups([(0, 10), (0, 12), (1, 9)]) == 1  # three tensors in one fused collective
+    assert overlap_groups([(0, 10), (10, 20)]) == 2  # back to back: two collectives
+    assert overlap_groups([(50, 60), (0, 10), (5, 8)]) == 2
+
+
+def test_categories_and_tensor_sizes():
+    assert category("NEGOTIATE_ALLREDUCE") == "negotiate"
+    assert category("WAIT_FOR_DATA") == category("QUEUE") == category("WAIT_FOR_OTHER_TENSOR_DATA") == "wait"
+    assert category("MEMCPY_IN_FUSION_BUFFER") == "memcpy_in"
+    assert category("MEMCPY_OUT_FUSION_BUFFER") == "memcpy_out"
+    assert category("MPI_ALLREDUCE") == category("NCCL_ALLREDUCE") == category("MPI_BCAST") == "collective"
+    assert category("INIT_FUSION_BUFFER") == category("ALLOCATE_OUTPUT") == "other"
+    assert tensor_bytes("float32", "[12, 16]") == 768
+    assert tensor_bytes("float64", "[3]") == 24
+    assert tensor_bytes("uint8", "[]") == 1  # a scalar
+    assert tensor_bytes("mystery", "[3]") is None
+
+
+# --- synthetic events: exact numbers ------------------------------------------------------
+
+
+def _meta(pid, name):
+    return [{"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}},
+            {"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}}]
+
+
+def B(pid, name, ts):
+    return {"ph": "B", "name": name, "ts": ts, "pid": pid}
+
+
+def E(pid, ts, **args):
+    ev = {"ph": "E", "ts": ts, "pid": pid}
+    if args:
+        ev["args"] = args
+    return ev
+
+
+def tick(pid, rank, ts):
+    return {"ph": "X", "name": str(rank), "ts": ts, "pid": pid, "dur": 0}
+
+
+def cycle(ts):
+    return {"ph": "i", "name": "CYCLE_START", "ts": ts, "s": "g"}
+
+
+def synthetic_events():
+    """Two tensors fused into one allreduce, one of them reduced again alone (GPU-style
+    activities), and one broadcast. Times in µs; every expected number below follows."""
+    return [
+        {"name": "process_name", "ph": "M", "pid": 0, "args": {"start_time_since_epoch_in_micros": 1_700_000_000_000_000}},
+        {"name": "process_sort_index", "ph": "M", "pid": 0, "args": {"sort_index": 0}},
+        *_meta(1, "allreduce.a"), cycle(0),
+        B(1, "NEGOTIATE_ALLREDUCE", 0), tick(1, 0, 1),
+        *_meta(2, "allreduce.b"),
+        B(2, "NEGOTIATE_ALLREDUCE", 10), tick(2, 1, 12), tick(2, 0, 30), E(2, 31),  # rank 0 late by 18
+        tick(1, 1, 40), E(1, 41),  # rank 1 late by 39
+        cycle(45),
+        B(1, "ALLREDUCE", 50), B(2, "ALLREDUCE", 50),
+        B(1, "MEMCPY_IN_FUSION_BUFFER", 52), B(2, "MEMCPY_IN_FUSION_BUFFER", 52), E(1, 55), E(2, 56),
+        B(1, "MPI_ALLREDUCE", 55), B(2, "MPI_ALLREDUCE", 56), E(1, 75), E(2, 75),
+        B(1, "MEMCPY_OUT_FUSION_BUFFER", 75), B(2, "MEMCPY_OUT_FUSION_BUFFER", 75), E(1, 78), E(2, 77),
+        E(1, 80, dtype="float32", shape="[4, 8]"), E(2, 82, dtype="float32", shape="[4]"),
+        *_meta(3, "broadcast.c"),
+        B(3, "NEGOTIATE_BROADCAST", 100), E(3, 110),
+        B(3, "BROADCAST", 120), B(3, "MPI_BCAST", 121), E(3, 129), E(3, 130, dtype="int64", shape="[2]"),
+        B(1, "NEGOTIATE_ALLREDUCE", 190), E(1, 199),
+        B(1, "ALLREDUCE", 200), B(1, "WAIT_FOR_DATA", 200), E(1, 202), B(1, "QUEUE", 202), E(1, 203),
+        B(1, "NCCL_ALLREDUCE", 203), E(1, 209), E(1, 210, dtype="float32", shape="[4, 8]"),
+    ]
+
+
+def _by_name(rep, name):
+    return next(t for t in rep["tensors"] if t["name"] == name)
+
+
+def test_report_arithmetic_on_synthetic_events():
+    trace = parse_events(synthetic_events(), "syn.json")
+    assert trace.tensors == {1: "allreduce.a", 2: "allreduce.b", 3: "broadcast.c"}
+    assert trace.start_epoch_us == 1_700_000_000_000_000
+    assert trace.unclosed == trace.unmatched_ends == 0
+    rep = build_report(trace, top=10)
+
+    c = rep["counts"]
+    assert c["allreduce_calls"] == 3 and c["allreduce_tensors"] == 2
+    assert c["allreduce_batches"] == 2  # a+b fused, then a alone
+    assert c["ops"] == {"ALLREDUCE": 3, "BROADCAST": 1}
+    assert c["cycles"] == 2 and c["tensors"] == 3
+
+    acts = {(a["op"], a["name"]): a for a in rep["activities"]}
+    assert acts[("ALLREDUCE", "ALLREDUCE")]["sum_ms"] == 0.072  # 30 + 32 + 10 µs
+    assert acts[("ALLREDUCE", "ALLREDUCE")]["wall_ms"] == 0.042  # [50, 82] u [200, 210]
+    assert acts[("ALLREDUCE", "NEGOTIATE_ALLREDUCE")]["sum_ms"] == 0.071  # 41 + 21 + 9
+    assert acts[("ALLREDUCE", "NEGOTIATE_ALLREDUCE")]["wall_ms"] == 0.050  # [0, 41] u [190, 199]
+    assert acts[("ALLREDUCE", "MPI_ALLREDUCE")]["sum_ms"] == 0.039
+    assert acts[("ALLREDUCE", "MPI_ALLREDUCE")]["wall_ms"] == 0.020
+    assert acts[("ALLREDUCE", "MPI_ALLREDUCE")]["level"] == 1
+    assert acts[("BROADCAST", "MPI_BCAST")]["count"] == 1
+    # Activities are listed under their operation: negotiation, the op, then its activities.
+    names = [a["name"] for a in rep["activities"]]
+    assert names[:3] == ["NEGOTIATE_ALLREDUCE", "ALLREDUCE", "WAIT_FOR_DATA"]
+    assert names.index("MEMCPY_IN_FUSION_BUFFER") < names.index("MPI_ALLREDUCE") < names.index("MEMCPY_OUT_FUSION_BUFFER")
+    assert rep["not_recorded"] == ["WAIT_FOR_OTHER_TENSOR_DATA"]
+
+    a, b, bc = _by_name(rep, "allreduce.a"), _by_name(rep, "allreduce.b"), _by_name(rep, "broadcast.c")
+    assert [t["name"] for t in rep["tensors"]] == ["allreduce.a", "allreduce.b", "broadcast.c"]  # slowest first
+    assert a["calls"] == 2 and a["bytes"] == 128 and a["shape"] == "[4, 8]"
+    assert a["total_ms"] == 0.090 and a["negotiate_ms"] == 0.050 and a["processing_ms"] == 0.040
+    assert a["categories_ms"] == {"negotiate": 0.050, "wait": 0.003, "memcpy_in": 0.003, "collective": 0.026,
+                                  "memcpy_out": 0.003, "other": 0.005}
+    assert b["categories_ms"] == {"negotiate": 0.021, "wait": 0.0, "memcpy_in": 0.004, "collective": 0.019,
+                                  "memcpy_out": 0.002, "other": 0.007}
+    assert bc["op"] == "BROADCAST" and bc["bytes"] == 16 and bc["categories_ms"]["other"] == 0.002
+    tt = rep["tensors_total"]
+    assert tt["total_ms"] == pytest.approx(0.090 + 0.053 + 0.020)
+    assert tt["calls"] == 4
+
+    neg = rep["negotiation"]
+    assert neg["negotiations"] == 4 and neg["with_rank_ticks"] == 2 and neg["ranks_seen"] == [0, 1]
+    assert neg["last_rank"] == {"1": {"times": 1, "lag_ms_median": 0.039, "lag_ms_max": 0.039},
+                                "0": {"times": 1, "lag_ms_median": 0.018, "lag_ms_max": 0.018}}
+
+    comm = rep["comm"]
+    assert comm["basis"] == "trace_span" and comm["trace_span_ms"] == 0.210
+    assert comm["allreduce_share"] == pytest.approx(42 / 210)
+    assert comm["collectives_wall_ms"] == 0.052  # + the broadcast [120, 130]
+
+
+def test_top_k_limits_the_tensor_list_not_the_totals():
+    rep = build_report(parse_events(synthetic_events()), top=1)
+    assert [t["name"] for t in rep["tensors"]] == ["allreduce.a"]
+    assert rep["tensors_total"]["tensors"] == 3
+
+
+def _results(window_seconds=0.000084, active_steps=2, phases=True):
+    res = {"model": "tgcn", "timeline": {"file": "syn.json", "first_step": 5, "active_steps": active_steps,
+                                         "window_seconds": window_seconds}}
+    if phases:
+        stat = lambda a, b, c: {"min": a, "median": b, "max": c}  # noqa: E731
+        res["phase_timings"] = [
+            {"epoch": 1, "steps": 8, "batch_ms": stat(9, 9, 9), "forward_ms": stat(9, 9, 9), "backward_ms": stat(9, 9, 9),
+             "optimizer_ms": stat(9, 9, 9), "step_ms": stat(9, 9, 9)},
+            {"epoch": 2, "steps": 8, "batch_ms": stat(0.5, 0.6, 0.7), "forward_ms": stat(1.0, 1.5, 2.0),
+             "backward_ms": stat(2.0, 2.5, 3.0), "optimizer_ms": stat(0.1, 0.2, 0.3), "step_ms": stat(0.042, 0.084, 0.1)},
+        ]
+    return res
+
+
+def test_comm_share_of_the_recorded_window_and_last_epoch_phases():
+    rep = build_report(parse_events(synthetic_events(), "syn.json"), results=_results(), results_path="r.json")
+    comm = rep["comm"]
+    assert comm["basis"] == "window" and comm["basis_ms"] == 0.084
+    assert comm["allreduce_share"] == pytest.approx(0.5)  # 42 µs of 84 µs
+    assert comm["allreduce_ms_per_step"] == 0.021 and comm["allreduce_calls_per_step"] == 1.5
+    assert comm["allreduce_share_of_median_step"] == pytest.approx(0.25)  # 0.021 of 0.084 ms
+    res = rep["results"]
+    assert res["phase_timings"]["epoch"] == 2 and res["timeline"]["first_step"] == 5 and res["note"] is None
+    text = format_report(rep)
+    assert "window: steps 5..6 of the job (2 steps)" in text and "50.0% of the window" in text
+    assert "phase times, epoch 2" in text and "backward (incl. allreduce wait)" in text
+    assert "epoch 1" not in text
+
+
+def test_results_naming_another_timeline_gives_a_note():
+    res = _results()
+    res["timeline"]["file"] = "/somewhere/else.json"
+    rep = build_report(parse_events(synthetic_events(), "syn.json"), results=res, results_path="r.json")
+    assert "else.json" in rep["results"]["note"]
+    assert "note: the results describe timeline /somewhere/else.json" in format_report(rep)
+
+
+def test_recording_started_or_stopped_mid_operation():
+    """DYNAMIC start/stop: an E without its B at the start, a B without its E at the end."""
+    events = [*_meta(1, "allreduce.a"), E(1, 5), E(1, 6, dtype="float32", shape="[2]"),
+              B(1, "NEGOTIATE_ALLREDUCE", 10), E(1, 20), B(1, "ALLREDUCE", 30), B(1, "MPI_ALLREDUCE", 31)]
+    trace = parse_events(events)
+    assert trace.unmatched_ends == 2 and trace.unclosed == 2
+    rep = build_report(trace)
+    assert rep["counts"]["allreduce_calls"] == 0 and rep["tensors"][0]["negotiate_ms"] == 0.010
+    assert "skipped" in format_report(rep)
+
+
+# --- reading files: the real fixture, cut-short files, not-a-timeline files ---------------
+
+
+def test_real_two_rank_timeline_fixture():
+    trace = load_timeline(FIXTURE)
+    assert not trace.truncated and trace.unclosed == 0 and trace.unmatched_ends == 0
+    assert len(trace.tensors) == 40 and trace.tensors[30] == "allreduce.head.bias"
+    rep = build_report(trace, top=5)
+    c = rep["counts"]
+    assert c["allreduce_calls"] == 46 and c["ops"] == {"ALLREDUCE": 46, "ALLGATHER": 4, "BROADCAST": 26}
+    assert c["cycles"] == 82
+    # 7 training steps x 6 T-GCN parameter tensors are fused into one collective per step.
+    grads = [t for t in build_report(trace, top=100)["tensors"] if t["name"].startswith("allreduce.cell.")]
+    assert len(grads) == 4 and all(t["calls"] == 7 for t in grads)
+    assert {t["dtype"] for t in grads} == {"float32"}
+    names = {a["name"] for a in rep["activities"]}
+    assert {"NEGOTIATE_ALLREDUCE", "ALLREDUCE", "MPI_ALLREDUCE", "MEMCPY_IN_FUSION_BUFFER",
+            "MEMCPY_OUT_FUSION_BUFFER", "NEGOTIATE_BROADCAST", "MPI_BCAST", "MPI_ALLGATHER"} <= names
+    for a in rep["activities"]:
+        assert 0 <= a["wall_ms"] <= a["sum_ms"] + 1e-9
+    for t in rep["tensors"]:
+        assert sum(t["categories_ms"].values()) == pytest.approx(t["total_ms"], abs=0.002)
+    assert rep["tensors"] == sorted(rep["tensors"], key=lambda t: -t["total_ms"])
+    comm = rep["comm"]
+    assert comm["basis"] == "trace_span" and 0 < comm["allreduce_share"] < 1
+    assert comm["allreduce_wall_ms"] <= comm["collectives_wall_ms"] <= comm["trace_span_ms"]
+    assert rep["negotiation"]["ranks_seen"] == [0, 1]
+    text = format_report(rep)
+    for needle in ("NEGOTIATE_ALLREDUCE", "MPI_ALLREDUCE", "MEMCPY_IN_FUSION_BUFFER", "slowest 5 of 40 tensors",
+                   "46 allreduce calls", "82 cycles marked", "of the span", "not in this trace: WAIT_FOR_DATA"):
+        assert needle in text, needle
+
+
+def test_real_trainer_window_with_its_results():
+    results = load_results(WINDOW_RESULTS)
+    rep = build_report(load_timeline(WINDOW), top=10, results=results, results_path=str(WINDOW_RESULTS))
+    c = rep["counts"]
+    # 4 recorded steps x 6 T-GCN gradients; each step fuses them into 2 collectives (the head's
+    # gradients are ready first in backward, the recurrent cell's later).
+    assert c["allreduce_calls"] == 24 and c["allreduce_tensors"] == 6 and c["allreduce_batches"] == 8
+    assert c["ops"] == {"ALLREDUCE": 24} and c["cycles"] == 27
+    assert all(t["calls"] == 4 for t in rep["tensors"])
+    window = results["timeline"]
+    assert window["active_steps"] == 4 and rep["results"]["note"] is None
+    comm = rep["comm"]
+    assert comm["basis_ms"] == pytest.approx(window["window_seconds"] * 1000, abs=1e-3)
+    assert comm["allreduce_share"] == pytest.approx(comm["allreduce_wall_ms"] / comm["basis_ms"], rel=1e-4)
+    assert comm["allreduce_ms_per_step"] == pytest.approx(comm["allreduce_wall_ms"] / 4, abs=1e-3)
+    assert comm["allreduce_calls_per_step"] == 6
+    step = results["phase_timings"][-1]["step_ms"]["median"]
+    assert comm["allreduce_share_of_median_step"] == pytest.approx(comm["allreduce_ms_per_step"] / step)
+    text = format_report(rep)
+    assert "window: steps 2..5 of the job (4 steps)" in text and "phase times, epoch 1 (7 steps/rank" in text
+
+
+@pytest.mark.parametrize("cut", ["drop_bracket", "mid_event", "after_comma", "mid_args"])
+def test_cut_short_files_are_read_up_to_the_last_whole_event(tmp_path, cut):
+    text = FIXTURE.read_text()
+    complete = json.loads(text)
+    body = text.rstrip()
+    assert body.endswith("}]")
+    if cut == "drop_bracket":
+        cut_text, expect = body[:-1], len(complete)
+    elif cut == "after_comma":
+        at = body.rindex("},{") + 2
+        cut_text, expect = body[:at], len(complete) - 1
+    elif cut == "mid_event":
+        at = body.rindex('{"ph": "B"')
+        cut_text = body[:at + 14]
+        expect = len(json.loads(body[:at].rstrip(",") + "]"))
+    else:  # inside the args of the last event
+        at = body.rindex('"shape"')
+        cut_text = body[:at + 10]
+        expect = len(complete) - 1
+    path = tmp_path / "cut.json"
+    path.write_text(cut_text)
+    events, truncated = read_events(path)
+    assert truncated and len(events) == expect
+    assert events == complete[:expect]
+    trace = load_timeline(path)
+    assert trace.truncated
+    assert "cut short" in format_report(build_report(trace))
+
+
+def test_a_complete_file_is_not_reported_as_cut_short():
+    events, truncated = read_events(FIXTURE)
+    assert not truncated and len(events) == 880
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty: no events were written"),
+    (b"   \n", "empty: no events were written"),
+    (b"hello world\n", "not a Horovod timeline (not JSON"),
+    (b'{"model": "tgcn", "epochs": []}', "a JSON object, expected an array of trace events; it looks like a results file"),
+    (b'{"traceEvents": []}', "a JSON object, expected an array of trace events)"),
+    (b"[1, 2, 3]", "element 0 is not a trace event"),
+    (b'"x"', "a JSON str"),
+    (b'[{"ph": "B", "name": "A", "ts": 1, "pid": 1},{"ph": "E" oops, "ts": 2},{"ph": "E", "ts": 3, "pid": 1}]',
+     "invalid JSON at line 1"),
+    (b'[{"ph": "B", "name": "NEGOTIATE_ALLREDUCE", "ts": 1, "pid": 1}] trailing', "unexpected text after the closing"),
+    (b'[{"ph": "C", "name": "counter", "ts": 1, "pid": 1, "args": {"v": 1}}]', "no Horovod activity"),
+    (b'[{"ph": "B", "name": "ALLREDUCE", "ts": "soon", "pid": 1}]', "non-numeric 'ts'"),
+    (b"\x89HDF\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8 text"),
+])
+def test_not_a_timeline_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_timeline(path)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(str(path)) and message in text, text
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_timeline(tmp_path / "nope.json")
+    with pytest.raises(DataError, match="is a directory"):
+        load_timeline(tmp_path)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{}", 'no "timeline" entry'),
+    ('{"timeline": {"window_seconds": 0}}', "window_seconds must be a number > 0"),
+    ('{"timeline": {"window_seconds": "1"}}', "window_seconds must be a number > 0"),
+    ('{"timeline": {"window_seconds": 1}, "phase_timings": {}}', '"phase_timings" must be a list'),
+    ("[1]", "expected a JSON object"),
+    ("{not json", "invalid JSON at line 1"),
+])
+def test_bad_results_file(tmp_path, content, message):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        load_results(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(DataError, match="no such file"):
+        load_results(tmp_path / "missing.json")
+
+
+def test_results_without_phase_timings(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_results(phases=False)))
+    rep = build_report(parse_events(synthetic_events(), "syn.json"), results=load_results(path), results_path=str(path))
+    assert rep["results"]["phase_timings"] is None
+    assert "no phase_timings" in format_report(rep)
+
+
+# --- chart ------------------------------------------------------------------------------
+
+
+def test_png_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    from hvd_stgnn.errors import ConfigError
+    from hvd_stgnn.profiling.timeline_plot import plot_report
+
+    out = plot_report(build_report(load_timeline(FIXTURE), top=5), tmp_path / "chart.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(ConfigError, match="does not exist"):
+        plot_report(build_report(load_timeline(FIXTURE)), tmp_path / "no" / "dir" / "chart.png")
+
+
+# --- CLI (`hvd-stgnn timeline`) ------------------------------------------------------------
+
+
+def test_cli_text_report():
+    r = run_cli("timeline", str(FIXTURE), "--top", "3")
+    assert r.returncode == 0, r.stderr
+    assert "slowest 3 of 40 tensors" in r.stdout and "NEGOTIATE_ALLREDUCE" in r.stdout
+    assert "communication share" in r.stdout
+
+
+def test_cli_with_the_real_results_file():
+    r = run_cli("timeline", str(WINDOW), "--results", str(WINDOW_RESULTS))
+    assert r.returncode == 0, r.stderr
+    assert "of the window" in r.stdout and "backward (incl. allreduce wait)" in r.stdout
+
+
+def test_cli_json_png_and_results(tmp_path):
+    results = tmp_path / "results.json"
+    res = _results(window_seconds=0.5, active_steps=7)
+    res["timeline"]["file"] = str(FIXTURE)
+    results.write_text(json.dumps(res))
+    png = tmp_path / "t.png"
+    r = run_cli("timeline", str(FIXTURE), "--json", "--top", "4", "--png", str(png), "--results", str(results))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)  # stdout is pure JSON
+    assert len(rep["tensors"]) == 4 and rep["png"] == str(png) and png.exists()
+    assert rep["comm"]["basis"] == "window" and rep["comm"]["basis_ms"] == 500.0
+    assert rep["comm"]["allreduce_share"] == pytest.approx(rep["comm"]["allreduce_wall_ms"] / 500.0)
+    assert rep["results"]["phase_timings"]["epoch"] == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["{tmp}/missing.json"], "missing.json: no such file"),
+    (["{tmp}/bad.json"], "bad.json: not a Horovod timeline"),
+    ([str(FIXTURE), "--results", "{tmp}/bad.json"], "bad.json: not a results file"),
+    ([str(FIXTURE), "--top", "0"], "--top must be >= 1"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path, args, message):
+    (tmp_path / "bad.json").write_text("no json here")
+    r = run_cli("timeline", *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.returncode == 2
+    lines = our_error_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("hvd-stgnn timeline: error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# --- a real 2-rank run --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_h5(tmp_path_factory):
+    from hvd_stgnn.data import generate, write_dataset
+
+    path = tmp_path_factory.mktemp("tl") / "short.h5"
+    write_dataset(path, generate(12, 400, seed=2))
+    return path
+
+
+TRAIN = ["--model", "tgcn", "--hidden", "8", "--batch-size", "16", "--epochs", "1", "--threads", "1", "--no-baselines"]
+
+
+@pytest.mark.mpi
+def test_real_two_rank_run_then_report(short_h5, tmp_path, monkeypatch):
+    timeline = tmp_path / "timeline.json"
+    monkeypatch.setenv("HOROVOD_TIMELINE", str(timeline))
+    monkeypatch.setenv("HOROVOD_TIMELINE_MARK_CYCLES", "1")
+    r = run_mpi(2, "train", "--data", str(short_h5), *TRAIN, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert timeline.exists()
+    r = run_cli("timeline", str(timeline), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    c = rep["counts"]
+    # T-GCN has 6 parameter tensors; every training step reduces each gradient once.
+    cell = [t for t in rep["tensors"] if t["name"].startswith("allreduce.cell.") or t["name"].startswith("allreduce.head.")]
+    assert len(cell) == 6 and len({t["calls"] for t in cell}) == 1 and cell[0]["calls"] >= 1
+    assert c["allreduce_calls"] >= 6 * cell[0]["calls"] and c["cycles"]
+    assert c["ops"].get("BROADCAST", 0) >= 6  # the initial parameter broadcast
+    assert rep["negotiation"]["ranks_seen"] == [0, 1]
+    assert 0 < rep["comm"]["allreduce_share"] < 1
+    assert not rep["truncated"]
+
+
+def _train_has_timeline_flags() -> bool:
+    r = run_cli("train", "--help")
+    return "--timeline-steps" in r.stdout
+
+
+@pytest.mark.mpi
+def test_trainer_window_then_report_with_results(short_h5, tmp_path):
+    """`train --timeline F --timeline-steps 2:3` records steps 3-5 and writes results.timeline."""
+    if not _train_has_timeline_flags():
+        pytest.skip("hvd-stgnn train has no --timeline-steps yet")
+    timeline, results = tmp_path / "tl.json", tmp_path / "r.json"
+    r = run_mpi(2, "train", "--data", str(short_h5), *TRAIN, "--timeline", str(timeline), "--timeline-steps", "2:3",
+                "--timeline-mark-cycles", "--results", str(results), timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("timeline", str(timeline), "--results", str(results), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["comm"]["basis"] == "window" and rep["results"]["timeline"]["active_steps"] == 3
+    assert rep["counts"]["allreduce_calls"] >= 3 * 6
+    assert 0 < rep["comm"]["allreduce_share"] <= 1
+    assert rep["results"]["phase_timings"] is not None
+    text = run_cli("timeline", str(timeline), "--results", str(results)).stdout
+    assert "phase times, epoch 1" in text and "of the window" in text
+
+
+def test_fixtures_are_small():
+    assert sum(p.stat().st_size for p in (FIXTURE, WINDOW, WINDOW_RESULTS)) < 200_000
+
+
+def test_json_output_is_serializable():
+    json.dumps(build_report(load_timeline(FIXTURE), results=_results(), results_path="r.json"))
