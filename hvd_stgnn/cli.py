@@ -251,10 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hvd_stgnn.data.importers import IMPORTERS
     from hvd_stgnn.data.synthetic import PRESETS
     from hvd_stgnn.profiling.plot import add_plot_parser
-    try:  # TEMP until helper lands timeline.py
-        from hvd_stgnn.profiling.timeline import add_timeline_parser
-    except ImportError:
-        add_timeline_parser = lambda c: None  # noqa: E731
+    from hvd_stgnn.profiling.timeline import add_timeline_parser
 
     parser = _Parser(prog="hvd-stgnn", description="Horovod + MPI training of spatiotemporal GNNs with index-batching.")
     parser.add_argument("--version", action="version", version=f"hvd-stgnn {__version__}")

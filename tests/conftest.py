@@ -35,11 +35,12 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
-def run_mpi(np_: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`jobs/local.sh -np N python -m hvd_stgnn ARGS`: a real mpirun job."""
+def run_mpi(np_: int, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`jobs/local.sh -np N python -m hvd_stgnn ARGS`: a real mpirun job (`env`: extra
+    variables, exported to every rank)."""
     return subprocess.run(
         ["bash", str(LOCAL_LAUNCHER), "-np", str(np_), sys.executable, "-m", "hvd_stgnn", *args],
-        capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO,
+        capture_output=True, text=True, timeout=timeout, env={**_env(), **(env or {})}, cwd=REPO,
     )
 
 

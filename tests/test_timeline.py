@@ -330,7 +330,9 @@ def test_a_complete_file_is_not_reported_as_cut_short():
     (b'[{"ph": "B", "name": "A", "ts": 1, "pid": 1},{"ph": "E" oops, "ts": 2},{"ph": "E", "ts": 3, "pid": 1}]',
      "invalid JSON at line 1"),
     (b'[{"ph": "B", "name": "NEGOTIATE_ALLREDUCE", "ts": 1, "pid": 1}] trailing', "unexpected text after the closing"),
-    (b'[{"ph": "C", "name": "counter", "ts": 1, "pid": 1, "args": {"v": 1}}]', "no Horovod activity"),
+    (b'[{"ph": "C", "name": "counter", "ts": 1, "pid": 1, "args": {"v": 1}}]', "no Horovod header"),
+    (b'[{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "python3"}},'
+     b'{"ph": "B", "name": "forward", "ts": 1, "pid": 1},{"ph": "E", "ts": 2, "pid": 1}]', "no Horovod header"),
     (b'[{"ph": "B", "name": "ALLREDUCE", "ts": "soon", "pid": 1}]', "non-numeric 'ts'"),
     (b"\x89HDF\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8 text"),
 ])

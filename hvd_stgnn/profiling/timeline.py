@@ -240,15 +240,17 @@ def parse_events(events: list, path: str = "<events>", truncated: bool = False) 
                 trace.dtypes[pid] = (str(args.get("dtype")), str(args.get("shape", "")))
         elif ph == "X":
             name = str(ev.get("name", ""))
-            dur = float(ev.get("dur") or 0)
+            dur = ev.get("dur")
+            dur = float(dur) if isinstance(dur, (int, float)) and not isinstance(dur, bool) else 0.0
             if stack and stack[-1][0].startswith("NEGOTIATE_") and name.isdigit():
                 trace.ticks.append((pid, int(name), ts, stack[-1][1]))
             elif dur > 0:
                 parent = stack[-1][0] if stack else None
                 trace.intervals.append(Interval(pid, name, ts, ts + dur, parent))
     trace.unclosed = sum(len(s) for s in stacks.values())
-    if not seen_horovod and not trace.intervals and not trace.tensors:
-        raise _not_a_timeline(path, "no Horovod activity in it (no tensor records, no NEGOTIATE_/ALLREDUCE intervals)")
+    if not seen_horovod:
+        raise _not_a_timeline(path, "a trace, but with no Horovod header (pid 0 start time) and no NEGOTIATE_*/ALLREDUCE/... "
+                                    "intervals")
     return trace
 
 
