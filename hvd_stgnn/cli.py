@@ -213,8 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     preflight(cfg)
     try:
-        if cfg.profile.timeline and cfg.parallel.backend != "horovod":
-            raise ConfigError(f"--timeline: not supported with --backend {cfg.parallel.backend} (use horovod)")
+        if cfg.profile.timeline and cfg.parallel.backend == "single":
+            raise ConfigError("--timeline: not supported with --backend single (use horovod or ddp)")
         backend = make_backend(cfg.parallel.backend, cfg.parallel, timeline=bool(cfg.profile.timeline))
     except ImportError as exc:
         raise ConfigError(f"--backend {cfg.parallel.backend}: cannot import it ({exc}); run `make setup`") from None

@@ -276,4 +276,4 @@ def test_timeline_records_a_bounded_window(tiny_h5, tmp_path):
 def test_timeline_needs_horovod_backend(tmp_path, tiny_h5):
     r = run_cli("train", "--data", str(tiny_h5), "--backend", "single", "--timeline", str(tmp_path / "t.json"))
     assert r.returncode == 2 and our_error_lines(r.stderr) == [
-        "hvd-stgnn train: error: --timeline: not supported with --backend single (use horovod)"]
+        "hvd-stgnn train: error: --timeline: not supported with --backend single (use horovod or ddp)"]

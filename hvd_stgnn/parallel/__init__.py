@@ -14,6 +14,12 @@ def _horovod(parallel=None, timeline: bool = False) -> Backend:
     return HorovodBackend(parallel, timeline)
 
 
+def _ddp(parallel=None, timeline: bool = False) -> Backend:
+    from hvd_stgnn.parallel.ddp_backend import DDPBackend
+
+    return DDPBackend(parallel, timeline)
+
+
 def _single(parallel=None, timeline: bool = False) -> Backend:
     return SingleProcessBackend()
 
@@ -21,6 +27,7 @@ def _single(parallel=None, timeline: bool = False) -> Backend:
 # name -> builder(parallel: ParallelConfig | None, timeline: bool) -> Backend
 BACKENDS: dict[str, Callable[..., Backend]] = {
     "horovod": _horovod,
+    "ddp": _ddp,
     "single": _single,
 }
 

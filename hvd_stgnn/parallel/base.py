@@ -9,6 +9,7 @@ and `HorovodBackend` (horovod_backend.py); DDP comes later behind the same inter
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -36,6 +37,14 @@ class Backend:
     def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Collective: make parameters and optimizer state equal to rank 0's."""
         raise NotImplementedError
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to call in training (DDP: its wrapper, whose backward allreduces)."""
+        return model
+
+    def accumulate(self, train_model: torch.nn.Module, last: bool):
+        """Context for one of K accumulated backward passes; `last` is the one that syncs."""
+        return contextlib.nullcontext()
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
         """Return an optimizer whose step() uses gradients averaged over ranks."""

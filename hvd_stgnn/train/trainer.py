@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import statistics
 import time
 
 import torch
@@ -20,6 +22,7 @@ from hvd_stgnn.errors import ConfigError, Interrupted, UserError
 from hvd_stgnn.metrics import HorizonErrorSums, masked_mae_loss
 from hvd_stgnn.models import ModelInputs, build_model
 from hvd_stgnn.parallel import Backend
+from hvd_stgnn.profiling.memory import peak_rss_bytes, process_pss_bytes
 from hvd_stgnn.profiling.window import TimelineWindow
 from hvd_stgnn.train import checkpoint as ckpt
 from hvd_stgnn.train.data_setup import prepare, resolve_device
@@ -107,6 +110,8 @@ def train(cfg: Config, backend: Backend) -> dict:
         resumed = _agree(backend, _load)
 
     rd = prepare(cfg, backend, device, log)
+    prepare_seconds = time.perf_counter() - t_start
+    pss_peak = process_pss_bytes()
     data, splits, sources = rd.data, rd.splits, rd.sources
     train_source = sources["train"]
     B, k = cfg.train.batch_size, cfg.parallel.backward_passes_per_step
@@ -143,6 +148,7 @@ def train(cfg: Config, backend: Backend) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, cfg.train.lr_schedule)
     )
+    train_model = backend.wrap_model(model)  # DDP: the wrapper whose backward allreduces
     st = _State()
     if resumed is not None:
         path, state = resumed
@@ -177,6 +183,7 @@ def train(cfg: Config, backend: Backend) -> dict:
     timer = PhaseTimer(device)
     phase_timings = []
     job_steps, job_epochs = 0, 0
+    loop_seconds, samples_trained = 0.0, 0
     stopped_early = False
     with StopSignal() as stop:
         try:
@@ -196,12 +203,13 @@ def train(cfg: Config, backend: Backend) -> dict:
                         lo = (step * k + micro) * B
                         with timer.phase("batch"):
                             batch = train_source(order[lo : lo + B])
-                        with timer.phase("forward"):
-                            teacher = ((batch.y - rd.mean) / rd.std).masked_fill(~batch.mask, 0.0) if uses_teacher else None
-                            pred = model(batch.x, teacher) * rd.std + rd.mean
-                            loss = masked_mae_loss(pred, batch.y, batch.mask)
-                        with timer.phase("backward"):
-                            (loss / k).backward()
+                        with backend.accumulate(train_model, last=micro == k - 1):
+                            with timer.phase("forward"):
+                                teacher = ((batch.y - rd.mean) / rd.std).masked_fill(~batch.mask, 0.0) if uses_teacher else None
+                                pred = train_model(batch.x, teacher) * rd.std + rd.mean
+                                loss = masked_mae_loss(pred, batch.y, batch.mask)
+                            with timer.phase("backward"):  # DDP: includes its bucketed allreduce
+                                (loss / k).backward()
                         train_sums.update(pred.detach(), batch.y, batch.mask)
                     with timer.phase("backward"):  # + waiting for the gradient allreduce
                         backend.finish_gradients(optimizer)
@@ -223,12 +231,15 @@ def train(cfg: Config, backend: Backend) -> dict:
                         raise Interrupted(f"stopped by {stop.requested or 'a signal on another rank'} at epoch {epoch}, "
                                           f"step {st.step}/{steps_per_epoch}{where}")
                 bar.close()
+                loop_seconds += time.perf_counter() - t0
+                samples_trained += timer.steps * k * B * backend.size
 
                 train_mae = train_sums.reduced(backend.allreduce_sum).mae
                 val_mae = evaluate(model, sources["val"], backend, B, rd.mean, rd.std).mae
                 seconds = time.perf_counter() - t0
                 phases = summarize(backend.allgather_object(timer.per_step_ms()))
                 phase_timings.append({"epoch": epoch, "steps": timer.steps, **phases})
+                pss_peak = max(pss_peak, process_pss_bytes())
                 improved = val_mae < st.best["val_mae"]
                 if improved:  # every rank sees the same reduced val MAE, so all keep the same epoch
                     st.best = {"val_mae": val_mae, "epoch": epoch,
@@ -259,12 +270,31 @@ def train(cfg: Config, backend: Backend) -> dict:
             if backend.is_root:
                 runlog.close()
 
+    memory = backend.allgather_object({
+        "host": socket.gethostname(), "peak_rss_bytes": peak_rss_bytes(), "pss_peak_bytes": pss_peak,
+        "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
+    })
+    node_pss: dict[str, int] = {}
+    for r in memory:
+        node_pss[r["host"]] = node_pss.get(r["host"], 0) + r["pss_peak_bytes"]
+    epoch_seconds = [e["seconds"] for e in st.history[-job_epochs:]] if job_epochs else []
     results = {
         "model": cfg.model.name,
         "world_size": backend.size,
         "backend": backend.name,
         "epochs": st.history,
         "phase_timings": phase_timings,
+        "timing": {
+            "prepare_seconds": prepare_seconds,  # load + statistics + batch sources (materialized: every window)
+            "train_loop_seconds": loop_seconds,  # training steps of this job, validation excluded
+            "epoch_seconds_median": statistics.median(epoch_seconds) if epoch_seconds else 0.0,
+            "samples_per_second": samples_trained / loop_seconds if loop_seconds else 0.0,
+        },
+        "memory": {
+            "per_rank": memory,  # PSS sampled after loading and after every epoch; peak RSS from the kernel
+            "node_pss_peak_bytes": node_pss,
+            "max_node_pss_peak_bytes": max(node_pss.values()),
+        },
         "normalization": {"mean": rd.mean, "std": rd.std},
         "load": {**dataclasses.asdict(rd.load), "read_mb_per_s": rd.load.read_mb_per_s},
         "batching": batching,

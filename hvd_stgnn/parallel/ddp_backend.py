@@ -1,0 +1,148 @@
+"""PyTorch DistributedDataParallel: the baseline we compare Horovod against.
+
+Launch: mpirun / srun / mpiexec (rank, size, local rank from the launcher's environment;
+rank 0 picks a free TCP port and MPI broadcasts its address, so no MASTER_ADDR setup is
+needed) or torchrun (its env:// rendezvous; no MPI there, so every rank reads the data
+file itself instead of sharing one copy per node). gloo on CPU, nccl on GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from hvd_stgnn.errors import ConfigError
+from hvd_stgnn.parallel.base import Backend
+from hvd_stgnn.parallel.launcher import (
+    launcher_local_rank, launcher_local_size, launcher_rank, launcher_size, under_torchrun,
+)
+
+DDP_DEFAULT_BUCKET_MB = 25.0  # torch's default bucket_cap_mb
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class DDPBackend(Backend):
+    name = "ddp"
+
+    def __init__(self, parallel=None, timeline: bool = False) -> None:
+        if parallel is not None and parallel.reduce_op == "adasum":
+            raise ConfigError("--reduce-op adasum: Horovod only (--backend horovod)")
+        self.parallel = parallel
+        self.rank, self.size = launcher_rank(), launcher_size()
+        self.local_rank, self.local_size = launcher_local_rank(), launcher_local_size()
+        self.device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        pg_backend = "nccl" if self.device_type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=float(os.environ.get("HVD_STGNN_DDP_TIMEOUT_S", "600")))
+        if under_torchrun():
+            dist.init_process_group(pg_backend, timeout=timeout)  # env:// from torchrun
+        else:
+            from mpi4py import MPI
+
+            self.comm = MPI.COMM_WORLD
+            self._mpi = MPI
+            self.rank, self.size = self.comm.rank, self.comm.size
+            addr = None
+            if self.rank == 0:
+                addr = (os.environ.get("MASTER_ADDR") or socket.gethostname(), int(os.environ.get("MASTER_PORT") or _free_port()))
+            host, port = self.comm.bcast(addr, root=0)
+            dist.init_process_group(pg_backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
+                                    world_size=self.size, timeout=timeout)
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self._profiler = None
+        self._profile_path = ""
+
+    # --- collectives -----------------------------------------------------------------
+
+    def _to_comm_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to("cuda") if self.device_type == "cuda" else tensor.clone()
+
+    def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        out = self._to_comm_device(tensor)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out.to(tensor.device)
+
+    def broadcast_object(self, obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def allgather_object(self, obj):
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def any_rank(self, flag: bool) -> bool:
+        if self.comm is not None:
+            return bool(self.comm.allreduce(int(flag), op=self._mpi.MAX))
+        return super().any_rank(flag)
+
+    # --- model and optimizer ---------------------------------------------------------
+
+    def broadcast_state(self, model, optimizer) -> None:
+        # DDP broadcasts parameters and buffers when it wraps the model; this covers a
+        # resume (optimizer state) and any call before wrapping.
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                buf = self._to_comm_device(tensor)
+                dist.broadcast(buf, src=0)
+                tensor.copy_(buf.to(tensor.device))
+        state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None)
+        optimizer.load_state_dict(state)
+
+    def wrap_model(self, model):
+        p = self.parallel
+        bucket_mb = p.fusion_threshold_mb if p is not None and p.fusion_threshold_mb >= 0 else DDP_DEFAULT_BUCKET_MB
+        device_ids = [next(model.parameters()).device.index] if self.device_type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=bucket_mb,
+                                          gradient_as_bucket_view=True)
+        if p is not None and p.compression == "fp16":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            wrapped.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        self.bucket_mb = bucket_mb
+        return wrapped
+
+    def wrap_optimizer(self, optimizer, model):
+        return optimizer  # DDP averages gradients during backward
+
+    def accumulate(self, train_model, last: bool):
+        """Skip the gradient allreduce for all but the last of K accumulated batches."""
+        return contextlib.nullcontext() if last else train_model.no_sync()
+
+    # --- profiling: torch.profiler's Chrome trace, one file per rank ------------------
+
+    def start_timeline(self, path: str, mark_cycles: bool) -> None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device_type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._profile_path = path
+        self._profiler = torch.profiler.profile(activities=activities)
+        self._profiler.__enter__()
+
+    def stop_timeline(self) -> None:
+        if self._profiler is None:
+            return
+        self._profiler.__exit__(None, None, None)
+        path = self._profile_path if self.rank == 0 else f"{self._profile_path}.rank{self.rank}"
+        self._profiler.export_chrome_trace(path)
+        self._profiler = None
+
+    def abort(self, code: int = 1) -> None:
+        if self.comm is not None:
+            self.comm.Abort(code)
+        os._exit(code)
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
