@@ -87,7 +87,7 @@ class TrainConfig:
     test_on: str = _flag("test (and save) the model of the best validation epoch or the last epoch",
                          choices=["best", "last"], default="best")
     seed: int = _flag("random seed (model init, shuffling)", default=0)
-    threads: int = _flag("torch threads per rank (0: cores / ranks on the node)", default=0)
+    threads: int = _flag("torch threads per rank (0: $OMP_NUM_THREADS, else cores / ranks on the node)", default=0)
     device: str = _flag("auto: the local rank's GPU if CUDA is there, else CPU", choices=["auto", "cpu", "cuda"], default="auto")
     results: str = _flag("write the results JSON here (rank 0; default RUN_DIR/results.json)", default="")
     baselines: bool = _flag("evaluate persistence and historical average on the test windows too", default=True)

@@ -1,4 +1,5 @@
-"""`hvd-stgnn timeline`: parsing Horovod timelines, the report's arithmetic, the chart, the CLI.
+"""`hvd-stgnn timeline`: parsing Horovod timelines and DDP torch.profiler traces, the reports'
+arithmetic, the chart, the CLI.
 
 Real fixtures in tests/data (20 sensors x 600 steps, `--model tgcn --hidden 16 --epochs 1
 --threads 1 --no-baselines`, 7 steps/epoch, 2 ranks on 2 cores):
@@ -6,8 +7,20 @@ Real fixtures in tests/data (20 sensors x 600 steps, `--model tgcn --hidden 16 -
   (broadcasts, allgathers, negotiation ticks, evaluation allreduces);
 - timeline_window_2rank.json + results_window_2rank.json: the trainer's own window,
   `--timeline F --timeline-steps 2:4 --timeline-mark-cycles --results R`.
+- ddp_trace_window_2rank.json (+ .rank1) + ddp_results_window_2rank.json: the DDP backend's
+  torch.profiler window (torch 2.13 CPU, gloo), 12 sensors x 400 steps, `--model tgcn --hidden 8
+  --batch-size 16 --epochs 1 --threads 1 --no-baselines --backend ddp --fusion-threshold-mb 0.0004
+  --timeline F --timeline-steps 2:3 --results R`, 2 ranks on 2 busy cores: 3 steps x 2 gradient
+  buckets + DDP's buffer broadcast in each forward. Trimmed from 3.1 MB per rank to 62 kB by
+  `_trim_torch_trace` below (flow events dropped; cpu_ops nested in another cpu_op or annotation
+  dropped unless c10d::* / torch::distributed::* / record_param_comms; of each run of top-level
+  autograd::engine::evaluate_function ops only the first, the last and those holding a kept op
+  stay): every number of the report is unchanged (test_real_ddp_run_then_report checks this on
+  a fresh run). traceName and the results' timeline.file were set to the fixture's path.
 """
 
+import collections
+import gzip
 import json
 from pathlib import Path
 
@@ -16,11 +29,13 @@ import pytest
 from conftest import our_error_lines, run_cli, run_mpi
 from hvd_stgnn.errors import DataError
 from hvd_stgnn.profiling.timeline import (
+    Trace,
     build_report,
     category,
     format_report,
     load_results,
     load_timeline,
+    load_trace,
     merge_intervals,
     overlap_groups,
     parse_events,
@@ -28,10 +43,20 @@ from hvd_stgnn.profiling.timeline import (
     tensor_bytes,
     union_length,
 )
+from hvd_stgnn.profiling.timeline_ddp import (
+    TorchTrace,
+    build_ddp_report,
+    is_torch_trace,
+    op_of,
+    parse_torch_trace,
+)
 
 FIXTURE = Path(__file__).parent / "data" / "timeline_tgcn_2rank.json"
 WINDOW = Path(__file__).parent / "data" / "timeline_window_2rank.json"
 WINDOW_RESULTS = Path(__file__).parent / "data" / "results_window_2rank.json"
+DDP = Path(__file__).parent / "data" / "ddp_trace_window_2rank.json"
+DDP_RANK1 = Path(__file__).parent / "data" / "ddp_trace_window_2rank.json.rank1"
+DDP_RESULTS = Path(__file__).parent / "data" / "ddp_results_window_2rank.json"
 
 
 # --- interval arithmetic ----------------------------------------------------------------
@@ -507,3 +532,312 @@ def test_fixtures_are_small():
 
 def test_json_output_is_serializable():
     json.dumps(build_report(load_timeline(FIXTURE), results=_results(), results_path="r.json"))
+
+
+# --- DDP: torch.profiler traces -------------------------------------------------------------
+
+
+def _trim_torch_trace(doc: dict) -> dict:
+    """How the DDP fixtures were cut down (see the module docstring)."""
+    keep_nested = ("c10d::", "torch::distributed::", "record_param_comms")
+    ev = doc["traceEvents"]
+    by_thread = collections.defaultdict(list)
+    for i, e in enumerate(ev):
+        if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation"):
+            by_thread[(e.get("pid"), e.get("tid"))].append(i)
+    drop, parent = set(), {}
+    for idx in by_thread.values():
+        idx.sort(key=lambda i: (ev[i]["ts"], -ev[i].get("dur", 0)))
+        stack = []
+        for i in idx:
+            while stack and ev[stack[-1]]["ts"] + ev[stack[-1]]["dur"] <= ev[i]["ts"]:
+                stack.pop()
+            if stack:
+                parent[i] = stack[-1]
+                if ev[i]["cat"] == "cpu_op" and not ev[i]["name"].startswith(keep_nested):
+                    drop.add(i)
+            stack.append(i)
+    holders = {parent[i] for i in parent if i not in drop}
+    for idx in by_thread.values():
+        runs, cur = [], []
+        for i in idx:
+            if i in parent or ev[i]["cat"] != "cpu_op":
+                continue
+            if ev[i]["name"].startswith("autograd::engine::evaluate_function"):
+                cur.append(i)
+            elif cur:
+                runs.append(cur)
+                cur = []
+        runs.append(cur)
+        for run in runs:
+            drop.update(i for i in run[1:-1] if i not in holders)
+    return {**doc, "traceEvents": [e for i, e in enumerate(ev) if i not in drop and e.get("ph") not in ("s", "f")]}
+
+
+def X(name, ts, dur, tid=1, cat="cpu_op", **args):
+    return {"ph": "X", "cat": cat, "name": name, "pid": 7, "tid": tid, "ts": ts, "dur": dur, "args": args}
+
+
+def A(name, ts, dur, tid=1):
+    return X(name, ts, dur, tid=tid, cat="user_annotation")
+
+
+def torch_doc(rank=0, shift=0.0):
+    """Two optimizer steps of DDP on gloo, training thread 1, gloo threads 2 and 3 (µs). Step 0:
+    buffer broadcast in forward, two buckets; backward ends at 160, finalize waits (idle 160-210),
+    views bucket 0, waits (212-262), views bucket 1: finalize ends at 263. Step 1: one bucket
+    whose range was closed late (900): cut at the end of finalize (602). Then a forward cut by the
+    end of the recording, with its broadcast. `shift` delays this rank's collectives."""
+    g = shift
+    ev = [
+        {"ph": "M", "name": "thread_name", "pid": 7, "tid": 2, "args": {"name": "thread 2 (pt_gloo_runloop)"}},
+        {"ph": "X", "cat": "Trace", "name": "PyTorch Profiler (0)", "pid": "Spans", "tid": "PyTorch Profiler",
+         "ts": 0, "dur": 1000},
+        A("Optimizer.zero_grad#SGD.zero_grad", 5, 5),
+        A("DistributedDataParallel.forward", 10, 90), X("c10d::broadcast_", 12, 8),
+        A("gloo:broadcast", 14 + g, 10, tid=2),
+        X("aten::mse_loss", 102, 10),
+        X("autograd::engine::evaluate_function: MseLossBackward0", 120, 9),
+        X("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", 130, 10),
+        X("torch::distributed::reducer::mul_out", 131, 2), X("c10d::allreduce_", 134, 4),
+        A("gloo:all_reduce", 136 + g, 64, tid=2),
+        X("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", 141, 19),
+        X("torch::distributed::reducer::mul_out", 142, 2), X("c10d::allreduce_", 150, 5),
+        A("gloo:all_reduce", 152 + g, 108, tid=3),
+        X("aten::as_strided", 210, 2), X("aten::as_strided", 262, 1),
+        X("aten::sub", 270, 10),
+        A("Optimizer.step#SGD.step", 300, 50),
+        A("DistributedDataParallel.forward", 400, 80),
+        X("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", 500, 20),
+        X("torch::distributed::reducer::mul_out", 505, 2), X("c10d::allreduce_", 510, 5),
+        A("gloo:all_reduce", 512 + g, 388, tid=2),
+        X("aten::as_strided", 600, 2),
+        A("Optimizer.step#SGD.step", 700, 50),
+        A("DistributedDataParallel.forward", 790, 60), A("gloo:broadcast", 800 + g, 10, tid=3),
+    ]
+    return {"schemaVersion": 1, "deviceProperties": [], "baseTimeNanoseconds": 1_700_000_000_000_000_000,
+            "distributedInfo": {"backend": "gloo", "rank": rank, "world_size": 2}, "traceEvents": ev}
+
+
+def test_ddp_parsing_and_arithmetic_on_synthetic_events():
+    tr = parse_torch_trace(torch_doc(), "syn.json")
+    assert tr.rank == 0 and tr.world_size == 2 and tr.pg_backend == "gloo" and tr.source == "cpu"
+    assert tr.main_thread == (7, 1) and tr.step_mode == "optimizer" and len(tr.steps) == 2
+    assert tr.profiler_span == (0, 1000) and tr.partial_calls == 1 and tr.clamped == 1
+    s0, s1 = tr.steps
+    assert (s0.backward_start, s0.backward_end, s0.finalize_end) == (120, 160, 263)
+    assert s0.idle == [(160, 210), (212, 262)] and s0.blocked_us == 98  # (160, 210) + (212, 260)
+    assert s1.finalize_end == 602 and s1.idle == [(520, 600)] and s1.blocked_us == 80
+    assert (s0.forward_us, s1.forward_us, s0.optimizer_us, s1.span_us) == (90, 80, 50, 400)
+    rows = {c.key: c for c in tr.calls}
+    b0 = rows[(0, "ALLREDUCE", "backward", 0)]
+    assert b0.row == "bucket 0" and b0.blocked_us == 40 and b0.fill_us == 2
+    assert rows[(0, "ALLREDUCE", "backward", 1)].blocked_us == 98
+    late = rows[(1, "ALLREDUCE", "backward", 0)]
+    assert late.recorded_end == 900 and late.end == 602 and late.clamped
+    assert rows[(0, "BROADCAST", "forward", 0)].row == "broadcast 0 (forward: buffers)"
+
+    rep = build_ddp_report([tr])
+    c = rep["counts"]
+    assert c["allreduce_calls"] == 3 and c["ops"] == {"ALLREDUCE": 3, "BROADCAST": 2} and c["steps"] == 2
+    assert c["buckets_per_step"] == [1, 2] and c["forward_broadcasts"] == 2 and c["clamped_ends"] == 1
+    t = {r["name"]: r for r in rep["tensors"]}
+    assert list(t) == ["bucket 0", "bucket 1", "broadcast 0 (forward: buffers)"]  # slowest first
+    assert t["bucket 0"]["calls"] == 2 and t["bucket 0"]["total_ms"] == 0.158  # 64 + 90 µs + fills 2 + 2
+    assert t["bucket 0"]["categories_ms"] == {"negotiate": None, "wait": None, "memcpy_in": 0.004,
+                                              "collective": 0.154, "memcpy_out": None, "other": None}
+    assert t["bucket 0"]["blocked_ms"] == 0.120 and t["bucket 1"]["total_ms"] == 0.110
+    assert t["broadcast 0 (forward: buffers)"]["categories_ms"]["memcpy_in"] is None
+    comm = rep["comm"]
+    assert comm["basis"] == "profiler_span" and comm["basis_ms"] == 1.0
+    assert comm["allreduce_wall_ms"] == 0.214 and comm["allreduce_share"] == pytest.approx(0.214)  # [136, 260] u [512, 602]
+    assert comm["collectives_wall_ms"] == 0.234 and comm["negotiate_allreduce_wall_ms"] is None
+    assert comm["blocked_wall_ms"] == 0.178 and comm["allreduce_calls_per_step"] == 1.5
+    assert comm["allreduce_ms_per_step"] == 0.107 and comm["blocked_ms_per_step"] == 0.089
+    acts = {a["name"]: a for a in rep["activities"]}
+    assert acts["gloo:all_reduce"]["count"] == 3 and acts["torch::distributed::reducer::mul_out"]["sum_ms"] == 0.006
+    assert acts["blocked after backward"]["sum_ms"] == 0.218 and acts["blocked after backward"]["wall_ms"] == 0.178
+    assert acts["c10d::allreduce_"]["count"] == 3 and acts["c10d::broadcast_"]["count"] == 1
+    assert "NEGOTIATE_ALLREDUCE" in rep["not_applicable"] and "MEMCPY_IN_FUSION_BUFFER" not in rep["not_applicable"]
+    assert rep["phases"] == {"steps": 2, "forward_ms": 0.085, "backward_ms": 0.03, "blocked_ms": 0.089,
+                             "optimizer_ms": 0.05, "step_ms": 0.4}
+    text = format_report(rep)
+    assert "n/a (DDP)" in text and "bucket 1" in text and "3 allreduce calls in 2 steps (1-2 buckets per step)" in text
+    assert "1 collective end(s) recorded after" in text and "pass them all" in text
+
+
+def test_ddp_ranks_waits_and_stragglers():
+    r0, r1 = parse_torch_trace(torch_doc(0), "a.json"), parse_torch_trace(torch_doc(1, shift=30), "a.json.rank1")
+    rep = build_ddp_report([r1, r0])  # sorted by rank: rank 0's rows
+    assert rep["file"] == "a.json" and [p["rank"] for p in rep["ranks"]] == [0, 1]
+    rs = rep["ranks_summary"]
+    assert rs["matched_calls"] == 5 and rs["last_rank"] == {"1": {"times": 5, "lag_ms_median": 0.03, "lag_ms_max": 0.03}}
+    assert rep["ranks"][0]["wait_ms"] == 0.11 and rep["ranks"][1]["wait_ms"] == 0
+    b0 = next(t for t in rep["tensors"] if t["name"] == "bucket 0")
+    assert b0["categories_ms"]["wait"] == 0.06 and b0["categories_ms"]["collective"] == 0.094  # 154 - 60 µs
+    assert rep["tensors_total"]["categories_ms"]["wait"] == 0.11  # broadcasts: at most their 10 µs
+    text = format_report(rep)
+    assert "last to enter a collective (5 matched calls): rank 1 5x" in text and "ranks (each rank's trace" in text
+    with pytest.raises(DataError, match="rank 0 is given twice"):
+        build_ddp_report([r0, parse_torch_trace(torch_doc(0), "b.json")])
+
+
+def test_ddp_steps_without_optimizer_or_forward_markers():
+    doc = torch_doc()
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if not e["name"].startswith("Optimizer.")]
+    tr = parse_torch_trace(doc)
+    assert tr.step_mode == "forward" and len(tr.steps) == 3 and tr.partial_calls == 0
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if e["name"].startswith(("gloo:", "PyTorch"))]
+    tr = parse_torch_trace(doc)
+    assert tr.step_mode == "none" and [c.row for c in tr.calls] == ["broadcast 0", "allreduce 0", "allreduce 1",
+                                                                     "allreduce 2", "broadcast 1"]
+    rep = build_ddp_report([tr])
+    assert "no step markers" in format_report(rep) and rep["comm"]["blocked_wall_ms"] is None
+
+
+def test_ddp_format_facts_and_sizes():
+    assert op_of("all_reduce") == op_of("allreduce") == op_of("AllReduce") == "ALLREDUCE"
+    assert op_of("_reduce_scatter_base") == "REDUCESCATTER" and op_of("all_gather_into_tensor") == "ALLGATHER"
+    assert is_torch_trace(json.loads(DDP.read_text()))
+    assert not is_torch_trace({"traceEvents": []}) and not is_torch_trace([{"ph": "X"}])
+    doc = torch_doc()
+    doc["traceEvents"].append(A("gloo:all_reduce", 950, 5, tid=2))
+    doc["traceEvents"][-1]["args"] = {"Input Dims": [[372]], "Input type": ["float"]}
+    doc["traceEvents"].append(X("record_param_comms", 940, 1, **{"Collective name": "broadcast", "In msg nelems": 3,
+                                                                 "dtype": "Long"}))
+    tr = parse_torch_trace(doc)
+    assert tr.calls[-1].nbytes == 372 * 4
+    # One record_param_comms for the two broadcasts: not one per call, so not used.
+    assert [c.nbytes for c in tr.calls if c.op == "BROADCAST"] == [None, None]
+    # NCCL kernels on the GPU are the collectives when recorded.
+    doc = torch_doc()
+    doc["traceEvents"].append(X("ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", 140, 30,
+                                tid=9, cat="kernel"))
+    tr = parse_torch_trace(doc)
+    assert tr.source == "gpu" and [(c.op, c.phase) for c in tr.calls] == [("ALLREDUCE", "backward")]
+    assert build_ddp_report([tr])["tensors"][0]["blocked_ms"] is None
+
+
+def test_real_ddp_trace_fixture():
+    tr = load_trace(DDP)
+    assert isinstance(tr, TorchTrace) and tr.rank == 0 and tr.world_size == 2 and tr.pg_backend == "gloo"
+    assert len(tr.steps) == 3 and tr.step_mode == "optimizer"
+    results = load_results(DDP_RESULTS)
+    rep = build_ddp_report([tr], top=10, results=results, results_path=str(DDP_RESULTS))
+    c = rep["counts"]
+    # 3 recorded steps x 2 gradient buckets (372 parameters, 0.0004 MiB buckets), and DDP's
+    # broadcast of the graph operator buffer in every forward.
+    assert c["allreduce_calls"] == 6 and c["buckets_per_step"] == [2] and c["ops"] == {"ALLREDUCE": 6, "BROADCAST": 3}
+    assert c["forward_broadcasts"] == 3 and c["steps"] == results["timeline"]["active_steps"] == 3
+    assert {t["name"] for t in rep["tensors"]} == {"bucket 0", "bucket 1", "broadcast 0 (forward: buffers)"}
+    for t in rep["tensors"]:
+        assert t["calls"] == 3
+        cats = t["categories_ms"]
+        assert cats["negotiate"] is cats["memcpy_out"] is cats["other"] is cats["wait"] is None
+        assert t["total_ms"] == pytest.approx(cats["collective"] + (cats["memcpy_in"] or 0), abs=0.002)
+    comm = rep["comm"]
+    assert comm["basis"] == "profiler_span" and 0 < comm["allreduce_share"] < 1
+    assert comm["allreduce_wall_ms"] <= comm["collectives_wall_ms"] <= comm["profiler_span_ms"]
+    assert 0 <= comm["blocked_wall_ms"] <= comm["allreduce_wall_ms"]
+    assert comm["allreduce_calls_per_step"] == 2 and rep["results"]["note"] is None
+    assert any("differs from the profiler's span" in n for n in rep["notes"])
+    assert rep["phases"]["steps"] == 3 and rep["phases"]["forward_ms"] > 0 and rep["phases"]["backward_ms"] > 0
+    text = format_report(rep)
+    for needle in ("torch.profiler, DDP, rank 0 of 2", "gloo:all_reduce", "torch::distributed::reducer::mul_out",
+                   "blocked after backward", "NEGOTIATE_ALLREDUCE", "n/a (DDP)", "phase times, epoch 1",
+                   "6 allreduce calls in 3 steps (2 buckets per step)", "window: steps 2..4 of the job (3 steps)"):
+        assert needle in text, needle
+
+
+def test_real_ddp_traces_of_both_ranks():
+    rep = build_ddp_report([load_trace(DDP_RANK1), load_trace(DDP)])
+    assert rep["file"] == str(DDP) and [p["rank"] for p in rep["ranks"]] == [0, 1]
+    assert rep["ranks_summary"]["matched_calls"] == 9
+    assert sum(v["times"] for v in rep["ranks_summary"]["last_rank"].values()) == 9
+    for t in rep["tensors"]:
+        cats = t["categories_ms"]
+        assert cats["wait"] is not None and 0 <= cats["wait"] <= t["total_ms"]
+    st = rep["ranks_summary"]["collective_ms_per_step"]
+    assert st["min"] <= st["median"] <= st["max"]
+
+
+def test_torch_traces_are_told_apart_from_horovod_timelines(tmp_path):
+    assert isinstance(load_trace(WINDOW), Trace)
+    with pytest.raises(DataError, match="a torch.profiler trace"):
+        load_timeline(DDP)
+    gz = tmp_path / "t.json.gz"
+    gz.write_bytes(gzip.compress(DDP.read_bytes()))
+    assert len(load_trace(gz).calls) == 9
+    cut = tmp_path / "cut.json"
+    cut.write_text(DDP.read_text()[:5000])
+    with pytest.raises(DataError, match="torch.profiler trace that is not valid JSON"):
+        load_trace(cut)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schemaVersion": 1, "traceEvents": [{"ph": "X", "ts": "soon", "dur": 1}]}))
+    with pytest.raises(DataError, match="non-numeric 'ts'"):
+        load_trace(bad)
+
+
+def test_ddp_png_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    from hvd_stgnn.profiling.timeline_plot import plot_report
+
+    out = plot_report(build_ddp_report([load_trace(DDP), load_trace(DDP_RANK1)]), tmp_path / "ddp.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_ddp_report_json_png_and_ranks(tmp_path):
+    png = tmp_path / "ddp.png"
+    r = run_cli("timeline", str(DDP), str(DDP_RANK1), "--results", str(DDP_RESULTS), "--json", "--png", str(png))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["format"] == "torch.profiler" and len(rep["ranks"]) == 2 and png.exists()
+    assert rep["results"]["phase_timings"]["epoch"] == 1
+    r = run_cli("timeline", str(DDP), "--top", "1")
+    assert r.returncode == 0, r.stderr
+    assert "slowest 1 of 3 collectives" in r.stdout and "n/a (DDP)" in r.stdout
+
+
+@pytest.mark.parametrize("files,message", [
+    ([WINDOW, DDP], "a Horovod timeline and a torch.profiler trace given"),
+    ([WINDOW, FIXTURE], "several Horovod timelines given"),
+    ([DDP, DDP], "is given twice"),
+])
+def test_cli_refuses_mixed_or_repeated_files(files, message):
+    r = run_cli("timeline", *map(str, files))
+    assert r.returncode == 2
+    lines = our_error_lines(r.stderr)
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_ddp_fixtures_are_small():
+    assert sum(p.stat().st_size for p in (DDP, DDP_RANK1, DDP_RESULTS)) < 300_000
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_real_ddp_run_then_report(short_h5, tmp_path):
+    """`train --backend ddp --timeline F --timeline-steps 2:3`: torch.profiler traces per rank."""
+    if not _train_has_timeline_flags():
+        pytest.skip("hvd-stgnn train has no --timeline-steps yet")
+    trace, results = tmp_path / "ddp.json", tmp_path / "r.json"
+    r = run_mpi(2, "train", "--data", str(short_h5), *TRAIN, "--backend", "ddp", "--fusion-threshold-mb", "0.0004",
+                "--timeline", str(trace), "--timeline-steps", "2:3", "--results", str(results), timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rank1 = Path(f"{trace}.rank1")
+    assert trace.exists() and rank1.exists()
+    r = run_cli("timeline", str(trace), str(rank1), "--results", str(results), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    c = rep["counts"]
+    assert c["steps"] == rep["results"]["timeline"]["active_steps"] == 3
+    assert len(c["buckets_per_step"]) == 1 and c["buckets_per_step"][0] >= 1
+    assert c["allreduce_calls"] == c["steps"] * c["buckets_per_step"][0]
+    assert 0 < rep["comm"]["allreduce_share"] < 1 and rep["ranks_summary"]["matched_calls"] >= c["allreduce_calls"]
+    # The fixtures' trimming keeps every number of the report.
+    for path in (trace, rank1):
+        trimmed = tmp_path / ("trimmed_" + path.name)
+        trimmed.write_text(json.dumps(_trim_torch_trace(json.loads(path.read_text()))))
+        full, cut = build_ddp_report([load_trace(path)]), build_ddp_report([load_trace(trimmed)])
+        for key in ("counts", "activities", "tensors", "tensors_total", "comm", "phases"):
+            assert full[key] == cut[key], key

@@ -28,6 +28,7 @@ Everything here is pure (no Horovod import); `cmd_timeline` is the CLI entry poi
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import re
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hvd_stgnn.errors import ConfigError, DataError
+from hvd_stgnn.profiling.timeline_ddp import TorchTrace, build_ddp_report, format_ddp_report, is_torch_trace, parse_torch_trace
 
 # Horovod's response types: the names of top-level processing intervals (NEGOTIATE_ + these
 # are the negotiation intervals).
@@ -128,12 +130,8 @@ def _not_a_timeline(path: str, why: str) -> DataError:
     return DataError(f"{path}: not a Horovod timeline ({why})")
 
 
-def read_events(path: str | Path) -> tuple[list, bool]:
-    """The trace events of a timeline file, and whether the file was cut short.
-
-    Accepts a complete JSON array, or one with its closing `]` missing and/or its last event
-    truncated (a killed job). Raises DataError with one line for anything else.
-    """
+def _read_body(path: str | Path) -> str:
+    """The text of a trace file (gzip-compressed is fine), stripped; one-line DataError otherwise."""
     p = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -143,6 +141,11 @@ def read_events(path: str | Path) -> tuple[list, bool]:
         raise DataError(f"{p}: is a directory, not a timeline file") from None
     except OSError as exc:
         raise DataError(f"{p}: cannot read it ({exc.strerror or exc})") from None
+    if raw[:2] == b"\x1f\x8b":  # torch.profiler's tensorboard handler can write .json.gz
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{p}: a gzip file that cannot be decompressed ({exc})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -150,18 +153,40 @@ def read_events(path: str | Path) -> tuple[list, bool]:
     body = text.strip()
     if not body:
         raise DataError(f"{p}: empty: no events were written (nothing was recorded, or the job died before the first one)")
+    return body
+
+
+def _parse_json(body: str) -> Any:
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except json.JSONDecodeError:
-        doc = None
+        return None
+
+
+def read_events(path: str | Path) -> tuple[list, bool]:
+    """The trace events of a Horovod timeline file, and whether the file was cut short.
+
+    Accepts a complete JSON array, or one with its closing `]` missing and/or its last event
+    truncated (a killed job). Raises DataError with one line for anything else.
+    """
+    body = _read_body(path)
+    return _events_from_body(str(path), body, _parse_json(body))
+
+
+def _events_from_body(p: str, body: str, doc: Any) -> tuple[list, bool]:
     if doc is not None:
         if isinstance(doc, dict):
+            if is_torch_trace(doc):
+                raise _not_a_timeline(p, "a torch.profiler trace (DDP): read it with load_trace or `hvd-stgnn timeline`")
             hint = "; it looks like a results file: pass it with --results" if "timeline" in doc or "epochs" in doc else ""
             raise _not_a_timeline(p, f"a JSON object, expected an array of trace events{hint}")
         if not isinstance(doc, list):
             raise _not_a_timeline(p, f"a JSON {type(doc).__name__}, expected an array of trace events")
         return doc, False
     if not body.startswith("["):
+        if body.startswith("{") and '"traceEvents"' in body[:100_000]:
+            raise DataError(f"{p}: a torch.profiler trace that is not valid JSON (cut short? torch writes the whole "
+                            "file when the recording stops: record again)")
         raise _not_a_timeline(p, "not JSON: expected an array of trace events starting with '['")
     # Incremental: event by event, up to the end or to a cut-short last event.
     decoder = json.JSONDecoder()
@@ -255,7 +280,19 @@ def parse_events(events: list, path: str = "<events>", truncated: bool = False) 
 
 
 def load_timeline(path: str | Path) -> Trace:
+    """A Horovod timeline (see load_trace for either format)."""
     events, truncated = read_events(path)
+    return parse_events(events, str(path), truncated)
+
+
+def load_trace(path: str | Path) -> Trace | TorchTrace:
+    """A Horovod timeline or a torch.profiler trace (the DDP backend's), told apart by content:
+    torch writes one JSON object with `traceEvents` and its header keys, Horovod an array."""
+    body = _read_body(path)
+    doc = _parse_json(body)
+    if is_torch_trace(doc):
+        return parse_torch_trace(doc, str(path))
+    events, truncated = _events_from_body(str(path), body, doc)
     return parse_events(events, str(path), truncated)
 
 
@@ -455,6 +492,8 @@ def build_report(trace: Trace, top: int = 10, results: dict | None = None, resul
             comm["allreduce_calls_per_step"] = round(len(allreduce) / active, 3)
 
     report: dict[str, Any] = {
+        "format": "horovod",
+        "unit": "tensor",
         "file": trace.path,
         "events": trace.events,
         "truncated": trace.truncated,
@@ -560,6 +599,8 @@ def _size(nbytes: int | None) -> str:
 
 
 def format_report(rep: dict) -> str:
+    if rep.get("format") == "torch.profiler":
+        return format_ddp_report(rep, _pct, _size, _n)
     out: list[str] = []
     c, comm = rep["counts"], rep["comm"]
     state = "cut short (job killed?), read up to the last whole event" if rep["truncated"] else "complete"
@@ -666,9 +707,18 @@ def format_report(rep: dict) -> str:
 def cmd_timeline(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"--top must be >= 1 (got {args.top})")
-    trace = load_timeline(args.file)
+    files = args.file if isinstance(args.file, list) else [args.file]
+    traces = [load_trace(f) for f in files]
     results = load_results(args.results) if args.results else None
-    report = build_report(trace, top=args.top, results=results, results_path=args.results or None)
+    horovod = [t for t in traces if isinstance(t, Trace)]
+    if horovod and len(traces) > 1:
+        kinds = "a Horovod timeline and a torch.profiler trace" if len(horovod) < len(traces) else "several Horovod timelines"
+        raise ConfigError(f"{kinds} given: pass one Horovod timeline (rank 0's describes every rank), or every "
+                          "rank's torch.profiler trace of one DDP run")
+    if horovod:
+        report = build_report(traces[0], top=args.top, results=results, results_path=args.results or None)
+    else:
+        report = build_ddp_report(traces, top=args.top, results=results, results_path=args.results or None)
     if args.png:
         from hvd_stgnn.profiling.timeline_plot import plot_report
 
@@ -682,11 +732,14 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def add_timeline_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `hvd-stgnn timeline FILE.json [--png OUT.png] [--results R.json] [--top K] [--json]`."""
-    p = subparsers.add_parser("timeline", help="where the time goes: report on a Horovod timeline (docs/PROFILING.md)")
-    p.add_argument("file", help="Horovod timeline (Chrome trace JSON; a cut-short file from a killed job is fine)")
+    """Register `hvd-stgnn timeline FILE.json [FILE.json.rank1 ...] [--png OUT.png] [--results R.json] [--top K] [--json]`."""
+    p = subparsers.add_parser("timeline", help="where the time goes: report on a Horovod timeline or a DDP "
+                                               "torch.profiler trace (docs/PROFILING.md)")
+    p.add_argument("file", nargs="+",
+                   help="Horovod timeline (Chrome trace JSON; a cut-short file from a killed job is fine), or the DDP "
+                        "backend's torch.profiler trace: FILE.json, plus FILE.json.rank1 ... for every rank's view")
     p.add_argument("--results", default="", help="the run's results.json: comm share of the recorded window + phase times")
-    p.add_argument("--top", type=int, default=10, help="slowest tensors to list (default: 10)")
+    p.add_argument("--top", type=int, default=10, help="slowest tensors (DDP: collectives) to list (default: 10)")
     p.add_argument("--png", default="", help="also draw a bar chart of time per activity here")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(func=cmd_timeline)

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hvd_stgnn.batching import StartRange, StartSplit, balanced_range, input_moment_sums, num_windows, shard_range
@@ -20,6 +21,7 @@ from hvd_stgnn.batching import split_starts, stats_from_sums
 from hvd_stgnn.batching.sources import BatchingSpec, BatchSource, build_sources
 from hvd_stgnn.config import Config
 from hvd_stgnn.data.dataset import TrafficData
+from hvd_stgnn.data.health import Health, health_sums, summarize_health
 from hvd_stgnn.data.loader import LoadReport, load_local, load_node_shared
 from hvd_stgnn.errors import ConfigError, DataError
 from hvd_stgnn.parallel import Backend
@@ -34,6 +36,7 @@ class RankData:
     std: float
     load: LoadReport
     shared: object | None  # NodeSharedArray to free at the end, or None
+    health: Health | None = None  # what the training span hides (data/health.py)
 
     def free(self) -> None:
         """Release the node-shared window (collective). The sources are unusable after."""
@@ -102,9 +105,23 @@ def prepare(cfg: Config, backend: Backend, device: torch.device, log) -> RankDat
         mean, std = stats_from_sums(sums.numpy())
     except ValueError as exc:
         raise DataError(f"{cfg.data.path}: {exc}", all_ranks=True) from None
+    health = _health(data.speed, split, L, H, backend)
+    log(f"data health (training span, steps {health.steps}): {health.summary()}")
     spec = BatchingSpec(L, H, mean, std, cfg.data.day_of_week)
     sources = build_sources(
         data.speed, data.timestamps, split.as_dict(), spec, backend.rank, backend.size, cfg.train.seed,
         shuffle=cfg.data.shuffle, data_mode=cfg.data.data_mode, device=device,
     )
-    return RankData(data, split.as_dict(), sources, mean, std, report, shared)
+    return RankData(data, split.as_dict(), sources, mean, std, report, shared, health)
+
+
+def _health(speed, split, L: int, H: int, backend: Backend) -> Health:
+    """Missing/constant sensors and NaN storms over the steps training reads; each rank
+    scans a balanced share, one allreduce of sums."""
+    lo, hi = split.train.steps_touched(L, H)
+    mine = balanced_range(StartRange(lo, hi), backend.rank, backend.size)
+    per_sensor, missing = health_sums(speed, mine.start, mine.stop)
+    steps = np.zeros(hi - lo)
+    steps[mine.start - lo : mine.stop - lo] = missing
+    both = backend.allreduce_sum(torch.from_numpy(np.concatenate([per_sensor.reshape(-1), steps]))).numpy()
+    return summarize_health(both[: per_sensor.size].reshape(per_sensor.shape), both[per_sensor.size :])

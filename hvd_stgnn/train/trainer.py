@@ -42,9 +42,16 @@ def _log(backend: Backend, message: str) -> None:
 
 
 def threads_per_rank(requested: int, local_size: int) -> int:
+    """--threads, else OMP_NUM_THREADS (what the job scripts set from the allocation), else
+    this rank's share of the cores it may run on: never more threads than free cores, since
+    spin-waiting OpenMP threads on a shared core slow a step down ~30x."""
     if requested > 0:
         return requested
-    return max(1, (os.cpu_count() or 1) // max(1, local_size))
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(allowed, (os.cpu_count() or 1) // max(1, local_size)))
 
 
 def _agree(backend: Backend, fn):
@@ -296,6 +303,7 @@ def train(cfg: Config, backend: Backend) -> dict:
             "max_node_pss_peak_bytes": max(node_pss.values()),
         },
         "normalization": {"mean": rd.mean, "std": rd.std},
+        "data_health": rd.health.to_dict() if rd.health is not None else None,
         "load": {**dataclasses.asdict(rd.load), "read_mb_per_s": rd.load.read_mb_per_s},
         "batching": batching,
         "config": cfg.to_dict(),
