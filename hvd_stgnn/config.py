@@ -98,6 +98,10 @@ class TrainConfig:
     stop_after_epochs: int = _flag("end this job after N epochs with a checkpoint, to continue with --resume "
                                    "(time-limited allocations; 0: run all --epochs)", default=0)
     log_every: int = _flag("metrics.jsonl: one step record every N optimizer steps", default=10)
+    max_steps_per_epoch: int = _flag("cap optimizer steps per epoch (0: all); for a first look at a huge series",
+                                     default=0)
+    eval_windows: int = _flag("validate and test on at most this many windows, evenly spaced over the split "
+                              "(0: all)", default=0)
 
 
 @dataclass
@@ -168,6 +172,8 @@ class Config:
             (self.train.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.train.stop_after_epochs >= 0, "--stop-after-epochs must be >= 0"),
             (self.train.log_every >= 1, "--log-every must be >= 1"),
+            (self.train.max_steps_per_epoch >= 0, "--max-steps-per-epoch must be >= 0"),
+            (self.train.eval_windows >= 0, "--eval-windows must be >= 0"),
             (self.parallel.backward_passes_per_step >= 1, "--backward-passes-per-step must be >= 1"),
             (not (self.parallel.reduce_op == "adasum" and self.parallel.compression != "none"),
              "--reduce-op adasum does not combine with --compression (Horovod's Adasum reduces full precision)"),

@@ -277,3 +277,14 @@ def test_timeline_needs_horovod_backend(tmp_path, tiny_h5):
     r = run_cli("train", "--data", str(tiny_h5), "--backend", "single", "--timeline", str(tmp_path / "t.json"))
     assert r.returncode == 2 and our_error_lines(r.stderr) == [
         "hvd-stgnn train: error: --timeline: not supported with --backend single (use horovod or ddp)"]
+
+
+def test_sample_starts_is_even_and_bounded():
+    from hvd_stgnn.train.evaluate import sample_starts
+
+    starts = torch.arange(100, 200)
+    assert torch.equal(sample_starts(starts, 0, 2), starts)
+    assert torch.equal(sample_starts(starts, 500, 2), starts)  # 200 windows in all <= 500
+    picked = sample_starts(starts, 20, 2)  # ~10 per rank
+    assert len(picked) == 10 and picked[0] == 100 and picked[-1] == 199
+    assert torch.all(picked[1:] > picked[:-1])

@@ -682,6 +682,18 @@ def test_ddp_ranks_waits_and_stragglers():
         build_ddp_report([r0, parse_torch_trace(torch_doc(0), "b.json")])
 
 
+def test_ddp_profiler_steps_and_python_frames_do_not_hide_the_wait():
+    """With a schedule, ProfilerStep#N ranges (and with with_stack, Python frames) enclose every
+    operator: the finalize's idle time is still found among the operators."""
+    doc = torch_doc()
+    doc["traceEvents"] += [A("ProfilerStep#4", 1, 355), A("ProfilerStep#5", 356, 400),
+                           X("train.py(12): step", 2, 350, cat="python_function")]
+    tr = parse_torch_trace(doc)
+    assert tr.step_mode == "profiler_step" and [st.span_us for st in tr.steps] == [355, 400]
+    assert [st.blocked_us for st in tr.steps] == [98, 80] and tr.partial_calls == 0
+    assert tr.calls[-1].step == 1 and tr.calls[-1].row == "broadcast 0 (forward: buffers)"  # within step 1
+
+
 def test_ddp_steps_without_optimizer_or_forward_markers():
     doc = torch_doc()
     doc["traceEvents"] = [e for e in doc["traceEvents"] if not e["name"].startswith("Optimizer.")]

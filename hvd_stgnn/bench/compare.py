@@ -312,10 +312,11 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
         ax.set_xticks(range(len(nps)), [f"np={n}" for n in nps])
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -532,9 +533,10 @@ def report(rows: list[dict], settings: Settings, nps: list[int], repeats: int, *
         f"- data: {source + ', ' if source else ''}{_data_summary(settings.data)}",
         f"- every job: model {settings.model}, hidden {settings.hidden or 'trainer default'}, {settings.epochs} epoch(s), "
         f"batch {settings.batch_size} per rank (global np x {settings.batch_size}), seed {settings.seed}, "
-        f"learning rate: the trainer's rule{' + ' + shlex.join(settings.train_args) if settings.train_args else ''}, "
+        f"learning rate: the trainer's rule (not scaled by np unless --train-args says so), "
         f"gradient buckets {settings.fusion_mb:g} MiB (Horovod fusion threshold = DDP bucket_cap_mb), "
-        f"torch threads per rank {threads}, `--no-baselines`",
+        f"torch threads per rank {threads}, `--no-baselines`"
+        + (f", extra train flags `{shlex.join(settings.train_args)}`" if settings.train_args else ""),
         (f"- {repeats} repeats of the matrix, run round-robin (repeat 1 of every job, then repeat 2, ...); "
          "every number is the median over the repeats" if repeats > 1 else "- 1 run per job (no repeats: single measurements)"),
         "",

@@ -228,9 +228,9 @@ def parse_torch_trace(doc: dict, path: str = "<trace>") -> TorchTrace:
         tr.main_thread = counts.most_common(1)[0][0] if counts else None
     main = sorted((e for e in xs if thread(e) == tr.main_thread and e.get("cat") != "Trace"),
                   key=lambda e: (e["ts"], -e["dur"]))
-    top: list[dict] = []  # the training thread's outermost events
+    top: list[dict] = []  # the training thread's outermost operators (not ProfilerStep#N, Python frames)
     for e in main:
-        if not top or e["ts"] >= top[-1]["ts"] + top[-1]["dur"]:
+        if e.get("cat") == "cpu_op" and (not top or e["ts"] >= top[-1]["ts"] + top[-1]["dur"]):
             top.append(e)
     top_starts = [e["ts"] for e in top]
 

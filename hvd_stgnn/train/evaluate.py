@@ -23,10 +23,21 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, mean: float, std: float) -> HorizonErrorSums:
-    """Metrics over every window of the split (each rank its balanced share); collective."""
+def sample_starts(starts: torch.Tensor, max_windows: int, world_size: int) -> torch.Tensor:
+    """At most ~max_windows over all ranks: each rank keeps an evenly spaced subset of its
+    share (0: all). Deterministic, so every evaluation sees the same windows."""
+    if max_windows <= 0 or len(starts) * world_size <= max_windows:
+        return starts
+    keep = max(1, -(-max_windows // world_size))
+    return starts[torch.linspace(0, len(starts) - 1, keep).round().long().unique()]
+
+
+def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, mean: float, std: float,
+             max_windows: int = 0) -> HorizonErrorSums:
+    """Metrics over every window of the split (each rank its balanced share), or an evenly
+    spaced sample of `max_windows`; collective."""
     backend.average_buffers(model)
-    starts = source.eval_starts()
+    starts = sample_starts(source.eval_starts(), max_windows, backend.size)
     sums = HorizonErrorSums(source.gather.horizon)
     model.eval()
     with torch.no_grad():
@@ -51,7 +62,7 @@ def evaluate_baselines(rd: RankData, cfg: Config, backend: Backend) -> dict:
     sums = backend.allreduce_sum(torch.from_numpy(slot_sums(data.speed, slots, num_slots, mine.start, mine.stop)))
     history = HistoricalAverage(sums.numpy(), slots, L, H, rd.mean)
     persist_sums, history_sums = HorizonErrorSums(H), HorizonErrorSums(H)
-    starts = source.eval_starts()
+    starts = sample_starts(source.eval_starts(), cfg.train.eval_windows, backend.size)
     with torch.no_grad():
         for lo in range(0, len(starts), cfg.train.batch_size):
             chunk = starts[lo : lo + cfg.train.batch_size]

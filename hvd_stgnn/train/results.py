@@ -19,7 +19,7 @@ def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def format_test_table(table: dict, world_size: int, windows: int, baselines: dict | None = None) -> str:
+def format_test_table(table: dict, world_size: int, windows: int | str, baselines: dict | None = None) -> str:
     """table: {"mae": {"15min": .., ...}, "rmse": {...}, "mape": {...}} -> aligned text,
     with the MAE of each baseline ({"persistence": table, ...}) beside the model's."""
     baselines = {k: v for k, v in (baselines or {}).items() if isinstance(v, dict)}

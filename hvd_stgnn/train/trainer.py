@@ -124,6 +124,8 @@ def train(cfg: Config, backend: Backend) -> dict:
     B, k = cfg.train.batch_size, cfg.parallel.backward_passes_per_step
     per_rank = len(train_source.epoch_starts(1))
     steps_per_epoch = num_batches(per_rank, B) // k
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     if steps_per_epoch < 1:
         raise ConfigError(
             f"--backward-passes-per-step {k}: each rank has only {num_batches(per_rank, B)} batch(es) per epoch",
@@ -242,7 +244,7 @@ def train(cfg: Config, backend: Backend) -> dict:
                 samples_trained += timer.steps * k * B * backend.size
 
                 train_mae = train_sums.reduced(backend.allreduce_sum).mae
-                val_mae = evaluate(model, sources["val"], backend, B, rd.mean, rd.std).mae
+                val_mae = evaluate(model, sources["val"], backend, B, rd.mean, rd.std, cfg.train.eval_windows).mae
                 seconds = time.perf_counter() - t0
                 phases = summarize(backend.allgather_object(timer.per_step_ms()))
                 phase_timings.append({"epoch": epoch, "steps": timer.steps, **phases})
@@ -326,12 +328,15 @@ def train(cfg: Config, backend: Backend) -> dict:
                 "model": st.best["state"], "epoch": st.best["epoch"], "val_mae": st.best["val_mae"],
                 "config": cfg.to_dict(), "normalization": {"mean": rd.mean, "std": rd.std},
             })
-        test = evaluate(model, sources["test"], backend, B, rd.mean, rd.std)
+        test = evaluate(model, sources["test"], backend, B, rd.mean, rd.std, cfg.train.eval_windows)
         results["tested_epoch"] = tested
         results["test"] = test.table(data.interval_s)
         results["test_windows"] = splits["test"].count
+        results["eval_windows_cap"] = cfg.train.eval_windows
         results["baselines"] = evaluate_baselines(rd, cfg, backend) if cfg.train.baselines else {}
-        log(format_test_table(results["test"], backend.size, splits["test"].count, results["baselines"]))
+        count = splits["test"].count
+        shown = f"a sample of ~{cfg.train.eval_windows} of {count}" if 0 < cfg.train.eval_windows < count else count
+        log(format_test_table(results["test"], backend.size, shown, results["baselines"]))
     digests = backend.allgather_object(param_digest(model))
     results["param_digests"] = digests
     results["total_seconds"] = time.perf_counter() - t_start
