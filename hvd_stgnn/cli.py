@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hvd_stgnn.config import add_config_flags
     from hvd_stgnn.data.importers import IMPORTERS
     from hvd_stgnn.data.synthetic import PRESETS
+    from hvd_stgnn.bench.compare import add_compare_parser
     from hvd_stgnn.profiling.plot import add_plot_parser
     from hvd_stgnn.profiling.timeline import add_timeline_parser
 
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     bmod.add_argument("--threads", type=int, default=0)
     bmod.add_argument("--json", action="store_true")
     bmod.set_defaults(func=cmd_bench_models)
+
+    add_compare_parser(bench_cmds)
 
     train = commands.add_parser("train", help="train a model (under mpirun/srun for several ranks)")
     train.add_argument("--config", default="", metavar="FILE.toml",

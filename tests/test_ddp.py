@@ -31,7 +31,8 @@ def _curve(path: Path) -> list[float]:
 
 @pytest.mark.mpi
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--backward-passes-per-step", "2"], ["--data-mode", "materialized"]])
+@pytest.mark.parametrize("extra", [[], ["--backward-passes-per-step", "2"], ["--data-mode", "materialized"],
+                                   ["--graph-mode", "sparse"]])
 def test_ddp_and_horovod_give_the_same_loss_curve(tiny_h5, tmp_path, extra):
     """Same seed, data, global batch and LR: the two backends differ only in how the
     gradient mean is computed (Horovod: sum then scale; DDP: scale then sum). On 2 ranks

@@ -547,7 +547,8 @@ def report(rows: list[dict], settings: Settings, nps: list[int], repeats: int, *
         "window). epoch s: median seconds of one epoch (training + validation). samples/s: training windows "
         "per second over all ranks. peak RSS/rank: the largest rank's peak RSS. node memory: sum of the ranks' "
         "peak PSS on the node (shared pages counted once). data MB/rank: bytes the largest rank's batch "
-        "sources hold (index: its share of the node-shared series is mapped, not counted; materialized: every window).",
+        "sources hold (index: views into the node-shared series, whose pages the node's ranks share and node memory "
+        "counts once; materialized: the precomputed windows, a private copy on every rank).",
         "",
         markdown_table(rows),
         "",

@@ -104,6 +104,11 @@ class DDPBackend(Backend):
         p = self.parallel
         bucket_mb = p.fusion_threshold_mb if p is not None and p.fusion_threshold_mb >= 0 else DDP_DEFAULT_BUCKET_MB
         device_ids = [next(model.parameters()).device.index] if self.device_type == "cuda" else None
+        # Graph operators are non-persistent buffers, built identically on every rank from
+        # the same file; DDP would broadcast them (and cannot: sparse CSR has no strides).
+        persistent = set(model.state_dict())
+        constants = [name for name, _ in model.named_buffers() if name not in persistent]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, constants)
         wrapped = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=bucket_mb,
                                           gradient_as_bucket_view=True)
         if p is not None and p.compression == "fp16":

@@ -621,6 +621,7 @@ def build_ddp_report(traces: list[TorchTrace], top: int = 10, results: dict | No
         comm["allreduce_calls_per_step"] = round(len(in_steps) / n_steps, 3)
         comm["allreduce_ms_per_step"] = _ms(union_length((c.start, c.end) for c in in_steps) / n_steps)
         comm["blocked_ms_per_step"] = _ms(sum(blocked) / n_steps) if blocked else None
+        comm["recorded_step_ms"] = _ms(basis_us / n_steps) if basis != "trace_span" else None
     notes = []
     if tr.clamped:
         notes.append(f"{tr.clamped} collective end(s) recorded after the training thread had already gone on (or "
@@ -724,12 +725,10 @@ def build_ddp_report(traces: list[TorchTrace], top: int = 10, results: dict | No
         steps = {"first_step": window.get("first_step"), "active_steps": window.get("active_steps"),
                  "file": window.get("file")} if window else None
         report["results"] = {"file": results_path, "timeline": steps, "phase_timings": last_epoch, "note": note}
-        if last_epoch and "step_ms" in last_epoch and comm.get("allreduce_ms_per_step") is not None:
-            median = last_epoch["step_ms"].get("median")
-            if median:
-                comm["allreduce_share_of_median_step"] = comm["allreduce_ms_per_step"] / median
-                if comm.get("blocked_ms_per_step") is not None:
-                    comm["blocked_share_of_median_step"] = comm["blocked_ms_per_step"] / median
+        # No share of the epoch's median step here (Horovod's report has one): the recorded
+        # steps, every operator profiled, are not the epoch's steps; both step times are shown.
+        if last_epoch and isinstance(last_epoch.get("step_ms"), dict):
+            comm["results_median_step_ms"] = last_epoch["step_ms"].get("median")
     return report
 
 
@@ -850,12 +849,14 @@ def format_ddp_report(rep: dict, pct, size, n) -> str:
                    "the part of the allreduce not hidden behind backward")
     out.append(f"  (NEGOTIATE_ALLREDUCE: {NA}: every rank launches the buckets in the same order, no coordinator)")
     if "allreduce_ms_per_step" in comm:
-        extra = (f" = {pct(comm.get('allreduce_share_of_median_step'))} of the median step"
-                 if comm.get("allreduce_share_of_median_step") is not None else "")
         k = comm["allreduce_calls_per_step"]
         out.append(f"  per step: {k:g} allreduce call{'' if k == 1 else 's'}, "
-                   f"{comm['allreduce_ms_per_step']:.3f} ms allreduce wall{extra}"
-                   + (f"; blocked {comm['blocked_ms_per_step']:.3f} ms" if comm.get("blocked_ms_per_step") is not None else ""))
+                   f"{comm['allreduce_ms_per_step']:.3f} ms allreduce wall"
+                   + (f", blocked {comm['blocked_ms_per_step']:.3f} ms" if comm.get("blocked_ms_per_step") is not None else "")
+                   + (f"; a recorded step took {comm['recorded_step_ms']:.3f} ms" if comm.get("recorded_step_ms") else ""))
+        if comm.get("recorded_step_ms") and comm.get("results_median_step_ms"):
+            out.append(f"  (the epoch's median step, unprofiled steps included: {comm['results_median_step_ms']:.3f} ms; "
+                       "recorded steps are slower when the profiler's overhead or a busy machine weigh on them)")
 
     ph = rep["phases"]
     if ph["steps"]:
