@@ -70,3 +70,15 @@ def test_not_hdf5_and_missing_file(tmp_path):
         validate_file(tmp_path / "nope.h5")
     with pytest.raises(DataError, match="is a directory"):
         validate_file(tmp_path)
+
+
+def test_count_nonfinite_over_several_chunks():
+    """Counted chunk by chunk; the pems-scale bug counted the whole array once per chunk."""
+    from hvd_stgnn.data.hdf5 import count_nonfinite
+
+    block = np.ones((50, 41), dtype=np.float32)
+    block[3, :5] = np.nan
+    block[40, 7] = np.inf
+    block[-1, -1] = -np.inf
+    assert count_nonfinite(block, step=100) == 7
+    assert count_nonfinite(block, step=1 << 20) == 7

@@ -16,7 +16,8 @@ Real fixtures in tests/data (20 sensors x 600 steps, `--model tgcn --hidden 16 -
   dropped unless c10d::* / torch::distributed::* / record_param_comms; of each run of top-level
   autograd::engine::evaluate_function ops only the first, the last and those holding a kept op
   stay): every number of the report is unchanged (test_real_ddp_run_then_report checks this on
-  a fresh run). traceName and the results' timeline.file were set to the fixture's path.
+  a fresh run). traceName and the results' timeline.file were set to the fixture's path. The run
+  predates the backend's exclusion of constant graph operators from DDP's buffer broadcast.
 """
 
 import collections

@@ -33,19 +33,27 @@ def valid_mask(values: np.ndarray) -> np.ndarray:
     return np.isfinite(values) & (values != 0)
 
 
-def input_moment_sums(series: np.ndarray, starts: StartRange, input_steps: int, step_offset: int = 0) -> np.ndarray:
+def input_moment_sums(series: np.ndarray, starts: StartRange, input_steps: int, step_offset: int = 0,
+                      chunk: int = 1024) -> np.ndarray:
     """[sum w, sum w*x, sum w*x^2] over valid readings of the inputs of `starts`, float64.
 
-    series: (T_local, N) raw speeds whose row 0 is global step `step_offset`.
+    series: (T_local, N) raw speeds whose row 0 is global step `step_offset`. Summed over
+    chunks of `chunk` steps, so temporaries stay ~chunk x N x 8 bytes (a whole float64 copy
+    of a rank's share of full PeMS would be 3.3 GB, several of them 13 GB).
     """
     if starts.count == 0:
         return np.zeros(3)
     t0, weights = input_multiplicity(starts, input_steps)
-    block = np.asarray(series[t0 - step_offset : t0 - step_offset + len(weights)], dtype=np.float64)
-    valid = valid_mask(block)
-    x = np.where(valid, block, 0.0)
-    w = weights[:, None] * valid
-    return np.array([w.sum(), (w * x).sum(), (w * x * x).sum()])
+    sums = np.zeros(3)
+    for lo in range(0, len(weights), chunk):
+        hi = min(len(weights), lo + chunk)
+        block = np.asarray(series[t0 - step_offset + lo : t0 - step_offset + hi], dtype=np.float64)
+        valid = valid_mask(block)
+        x = np.where(valid, block, 0.0)
+        w = weights[lo:hi, None] * valid
+        wx = w * x
+        sums += [w.sum(), wx.sum(), (wx * x).sum()]
+    return sums
 
 
 def stats_from_sums(sums: np.ndarray) -> tuple[float, float]:

@@ -204,7 +204,8 @@ def read_speed_into(path: str | os.PathLike, out: np.ndarray, slab_bytes: int = 
 def count_nonfinite(block: np.ndarray, step: int = 1 << 20) -> int:
     """NaN/inf count, in cache-sized pieces (4x faster than one pass over a large slab)."""
     flat = block.reshape(-1)
-    return sum(int(flat.size - np.count_nonzero(np.isfinite(flat[i : i + step]))) for i in range(0, flat.size, step))
+    chunks = (flat[i : i + step] for i in range(0, flat.size, step))
+    return sum(int(chunk.size - np.count_nonzero(np.isfinite(chunk))) for chunk in chunks)
 
 
 def scan_missing(path: str | os.PathLike, slab_bytes: int = 256 << 20) -> tuple[float, int]:

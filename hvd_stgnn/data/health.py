@@ -16,7 +16,7 @@ STORM_SHARE = 0.5  # a step is in a storm when more than this share of sensors i
 CONSTANT_STD = 1e-3  # mph: a sensor whose valid readings vary less than this is stuck
 
 
-def health_sums(speed: np.ndarray, lo: int, hi: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def health_sums(speed: np.ndarray, lo: int, hi: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Per sensor (valid count, sum, sum of squares) over steps [lo, hi), and the per-step
     count of missing readings; both are sums, so ranks' shares add up. In chunks of steps
     (bounded temporaries)."""

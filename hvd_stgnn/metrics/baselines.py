@@ -37,14 +37,19 @@ def slots_of(timestamps: np.ndarray, interval_s: int, weekly: bool) -> tuple[np.
     return day * per_day + slot, 7 * per_day
 
 
-def slot_sums(series: np.ndarray, slots: np.ndarray, num_slots: int, t0: int, t1: int) -> np.ndarray:
-    """(2, num_slots, N) float64: sums and counts of valid readings of steps [t0, t1)."""
-    block = np.asarray(series[t0:t1], dtype=np.float64)
-    valid = valid_mask(block)
-    out = np.zeros((2, num_slots, series.shape[1]))
-    np.add.at(out[0], slots[t0:t1], np.where(valid, block, 0.0))
-    np.add.at(out[1], slots[t0:t1], valid)
-    return out
+def slot_sums(series: np.ndarray, slots: np.ndarray, num_slots: int, t0: int, t1: int,
+              chunk: int = 1024) -> np.ndarray:
+    """(2, num_slots, N) float64: sums and counts of valid readings of steps [t0, t1), in
+    chunks of steps (bounded temporaries at PeMS scale)."""
+    out = torch.zeros((2, num_slots, series.shape[1]), dtype=torch.float64)
+    for lo in range(t0, t1, chunk):
+        hi = min(t1, lo + chunk)
+        block = np.asarray(series[lo:hi], dtype=np.float64)
+        valid = valid_mask(block)
+        index = torch.from_numpy(np.ascontiguousarray(slots[lo:hi], dtype=np.int64))
+        out[0].index_add_(0, index, torch.from_numpy(np.where(valid, block, 0.0)))
+        out[1].index_add_(0, index, torch.from_numpy(valid.astype(np.float64)))
+    return out.numpy()
 
 
 class HistoricalAverage:

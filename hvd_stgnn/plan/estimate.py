@@ -49,8 +49,8 @@ FLOAT = 4  # float32 bytes
 # buffers, h5py, tqdm, autograd engine): calibrated as peak RSS of minimal training runs
 # minus every modelled term (tiny preset, hidden 8, B 2, all four models).
 RUNTIME_IMPORT_PRIVATE_BYTES = 242 * MiB
-RUNTIME_PRIVATE_BYTES = 345 * MiB
-RUNTIME_SHARED_BYTES = 100 * MiB
+RUNTIME_PRIVATE_BYTES = 255 * MiB
+RUNTIME_SHARED_BYTES = 120 * MiB
 # Peak RSS growth of a training step over the bytes autograd saves (activation_profile),
 # steady state after a few steps with glibc malloc (which keeps freed heap memory): max over
 # N in {50, 207, 1000}, B in {8, 32}, one thread (`measure_step_peak`).

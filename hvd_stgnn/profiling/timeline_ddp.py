@@ -783,8 +783,8 @@ def format_ddp_report(rep: dict, pct, size, n) -> str:
 
     out.append("")
     tt = rep["tensors_total"]
-    out.append(f"slowest {len(rep['tensors'])} of {tt['tensors']} collectives (buckets by launch order in each step; "
-               "summed ms over steps)")
+    out.append(f"slowest {len(rep['tensors'])} of {n(tt['tensors'], 'collective')} (buckets by launch order in each "
+               "step; summed ms over steps)")
     name_w = min(max([len("collective")] + [len(t["name"]) for t in rep["tensors"]]), 44)
     head = f"  {'collective':<{name_w}} {'op':<10} {'calls':>5} {'size':>7} {'total':>9}"
     head += "".join(f" {CATEGORY_LABELS[k]:>10}" for k in CATEGORIES) + f" {'blocked':>10}"
@@ -798,7 +798,7 @@ def format_ddp_report(rep: dict, pct, size, n) -> str:
         name = t["name"] if len(t["name"]) <= name_w else "..." + t["name"][-(name_w - 3):]
         out.append(f"  {name:<{name_w}} {t['op']:<10} {t['calls']:>5} {size(t['bytes']):>7} {t['total_ms']:>9.3f}"
                    + cats(t["categories_ms"], t["blocked_ms"]))
-    label = f"all {tt['tensors']} collectives"
+    label = f"all {n(tt['tensors'], 'collective')}"
     out.append(f"  {label:<{name_w}} {'':<10} {tt['calls']:>5} {'':>7} {tt['total_ms']:>9.3f}"
                + cats(tt["categories_ms"], tt["blocked_ms"]))
     wait_note = ("wait/queue: time this rank's collective waited for the last rank to enter it"
@@ -854,9 +854,10 @@ def format_ddp_report(rep: dict, pct, size, n) -> str:
                    f"{comm['allreduce_ms_per_step']:.3f} ms allreduce wall"
                    + (f", blocked {comm['blocked_ms_per_step']:.3f} ms" if comm.get("blocked_ms_per_step") is not None else "")
                    + (f"; a recorded step took {comm['recorded_step_ms']:.3f} ms" if comm.get("recorded_step_ms") else ""))
-        if comm.get("recorded_step_ms") and comm.get("results_median_step_ms"):
-            out.append(f"  (the epoch's median step, unprofiled steps included: {comm['results_median_step_ms']:.3f} ms; "
-                       "recorded steps are slower when the profiler's overhead or a busy machine weigh on them)")
+        rec, med = comm.get("recorded_step_ms"), comm.get("results_median_step_ms")
+        if rec and med:
+            why = ("; the recorded steps were slower: the profiler's overhead or a busy machine" if rec > 1.2 * med else "")
+            out.append(f"  (the epoch's median step, unprofiled steps included: {med:.3f} ms{why})")
 
     ph = rep["phases"]
     if ph["steps"]:
