@@ -30,11 +30,12 @@ class TimelineWindow:
         """End the recording (also on errors and Ctrl-C, so the file is closed cleanly)."""
         if not self.recording:
             return
+        seconds = time.perf_counter() - self.t0  # before stopping: DDP's trace export is not step time
         self.backend.stop_timeline()
         self.recording = False
         self.info = {
             "file": self.path,
             "first_step": self.first,
             "active_steps": job_step - self.first,
-            "window_seconds": time.perf_counter() - self.t0,
+            "window_seconds": seconds,
         }
