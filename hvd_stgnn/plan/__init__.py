@@ -1,9 +1,13 @@
 """Memory planner: predicted bytes per node and per rank of a training job (docs/PLANNER.md).
 
-`estimate(...) -> Plan` is pure arithmetic (plus a small activation probe); `check_fits`
-is the trainer's pre-load check; `hvd_stgnn.plan.cli.add_plan_parser` adds `hvd-stgnn plan`.
+- `hvd_stgnn.plan.estimate.estimate(inputs, T, N, E, world_size, ranks_per_node) -> Plan`:
+  the arithmetic (plus a small measured activation probe, plan/activations.py);
+- `check_fits(cfg, ...)`: the trainer's pre-load check (ConfigError when it cannot fit);
+- `hvd_stgnn.plan.cli.add_plan_parser(subparsers)`: the `hvd-stgnn plan` subcommand.
+
+(`estimate` the function is not re-exported here: `hvd_stgnn.plan.estimate` stays the module.)
 """
 
-from hvd_stgnn.plan.estimate import Plan, PlanInputs, check_fits, estimate
+from hvd_stgnn.plan.estimate import Plan, PlanInputs, check_fits
 
-__all__ = ["Plan", "PlanInputs", "check_fits", "estimate"]
+__all__ = ["Plan", "PlanInputs", "check_fits"]

@@ -20,7 +20,6 @@ from hvd_stgnn.plan.estimate import (
     GiB,
     LABELS,
     RESIDENT,
-    STEP,
     Plan,
     PlanInputs,
     estimate,
@@ -99,13 +98,12 @@ def render(name: str, plans: dict[str, Plan], selected: str, node_memory: int, n
                 continue
             label = LABELS[k]
             if k == "activations":
-                label = f"step: activations (saved x {p0.peak_factor:g})"
-            elif k in STEP:
-                label = f"step: {label}"
+                label = f"{label} (saved x {p0.peak_factor:g})"
             lines.append(_row(label, [fmt_bytes(getattr(plans[m], where)[k]) for m in modes]))
     lines += [
         "",
         _row("per rank, host peak (private)", [fmt_bytes(plans[m].rank_bytes) for m in modes]),
+        _row("  set by the phase", [plans[m].peak_phase for m in modes]),
         _row(f"node total = shared + {p0.ranks_per_node} x rank", [fmt_bytes(plans[m].node_bytes) for m in modes]),
         _row("node leader peak RSS (+ libraries + series)", [fmt_bytes(plans[m].rank_rss_bytes) for m in modes]),
         _row(f"fits node memory {fmt_bytes(node_memory)}?", [_ratio(plans[m].node_bytes, node_memory) for m in modes]),

@@ -16,10 +16,12 @@ per rank, resident for the whole run
                 Horovod allreduce buffer: 6 x params x 4 bytes (+ buffers)
     graph       the graph operators (dense N x N, or CSR)
 per rank, transient: only the largest phase counts (they never overlap)
-    statistics  the exact z-score sums (float64 temporaries over the rank's share)
+    statistics  the exact z-score sums and the data-health sums (float64 temporaries of
+                one chunk of 1,024 steps x N)
     materialize building the windows (the parts and their concatenation coexist)
     step        one training batch: activations (saved bytes x peak factor) + x, y, mask
-    baselines   historical-average slot sums over the rank's share of the training span
+    baselines   historical-average slot sums: (2, slots, N) float64, twice during the
+                allreduce, + one chunk's temporaries
 
 rank (peak) = runtime + data + model state + graph + max(transients)
 node total  = series + libraries + ranks_per_node x rank
@@ -44,23 +46,30 @@ FLOAT = 4  # float32 bytes
 # --- calibration (docs/PLANNER.md, "Calibration", has the measurements) ------------------
 # Fresh rank after `import torch, mpi4py.MPI, horovod.torch, hvd_stgnn.train` + hvd.init():
 # VmRSS 343 MiB = 242 MiB anonymous (private: Python heap, relocated library data) + 100 MiB
-# file-backed library pages (shared by the ranks of a node: counted once in PSS). A training
-# rank grows past that (torch kernels and thread pools, Horovod's background thread and
-# buffers, h5py, tqdm, autograd engine): calibrated as peak RSS of minimal training runs
-# minus every modelled term (tiny preset, hidden 8, B 2, all four models).
+# file-backed library pages, 117-119 MiB after an epoch (shared by the ranks of a node:
+# counted once, as in PSS). A training rank's private part grows past the import floor
+# (torch kernels and thread pool, Horovod's background thread, h5py, tqdm, autograd):
+# calibrated as peak RSS of minimal training runs minus every other modelled term (tiny
+# preset, hidden 8, B 2, 2 ranks): 246 / 246 / 251 / 258 MiB for the four models.
 RUNTIME_IMPORT_PRIVATE_BYTES = 242 * MiB
 RUNTIME_PRIVATE_BYTES = 255 * MiB
 RUNTIME_SHARED_BYTES = 120 * MiB
 # Peak RSS growth of a training step over the bytes autograd saves (activation_profile),
-# steady state after a few steps with glibc malloc (which keeps freed heap memory): max over
-# N in {50, 207, 1000}, B in {8, 32}, one thread (`measure_step_peak`).
+# steady state over 8 steps with glibc malloc (which keeps freed heap memory), the previous
+# step's loss alive as in the trainer: the largest of (N, B) = (50, 32), (207, 8), (207, 32),
+# (1000, 8), (11160, 2), one thread (activations.measure_step_peak), rounded up.
 PEAK_FACTOR = {"tgcn": 2.2, "a3tgcn": 2.6, "dcrnn": 3.6, "gwnet": 1.6}
 DEFAULT_PEAK_FACTOR = 3.6
-# batching/normalize.input_moment_sums holds, per reading of its share: the float64 block
-# (8), the valid mask (1), x (8), w (8) and one product temporary (8) = 33 bytes (measured).
-STATS_BYTES_PER_READING = 33
-# metrics/baselines.slot_sums: float64 block (8), valid (1), np.where temporary (8).
-BASELINE_BYTES_PER_READING = 17
+# Host transients of loading, in chunks of steps (the functions' `chunk` default, 1,024),
+# measured as peak RSS growth per reading of one chunk (chunk x N):
+# batching/normalize.input_moment_sums: float64 block, valid mask, x, w, w x, w x^2 = 42 B;
+# data/health.health_sums: float64 block, valid, values, values^2 = 20 B (the two run one
+# after the other: the larger counts); metrics/baselines.slot_sums: 19 B per reading of a
+# chunk on top of its (2, slots, N) float64 output, and the allreduce then holds the input
+# and the result (2 x 16 B per slot and sensor).
+STATS_BYTES_PER_READING = 42
+HEALTH_BYTES_PER_READING = 20
+BASELINE_BYTES_PER_READING = 19
 # CUDA: NOT measured here (no GPU in this environment); typical PyTorch 2.x figures with
 # lazy module loading. The device context (kernels, cuBLAS/cuDNN workspaces) and the host
 # memory the CUDA libraries add to each rank.
@@ -68,6 +77,13 @@ CUDA_CONTEXT_BYTES = 600 * MiB
 CUDA_HOST_BYTES = 1024 * MiB
 # MaterializedSource builds windows in chunks of this many (sources.py build_batch).
 MATERIALIZE_CHUNK = 256
+
+
+def _chunk_default(fn, name: str = "chunk") -> int:
+    """The default of `fn`'s chunk parameter, so the plan follows the code."""
+    import inspect
+
+    return int(inspect.signature(fn).parameters[name].default)
 
 
 @dataclass(frozen=True)
@@ -113,20 +129,21 @@ RESIDENT = ("runtime", "data", "model_state", "graph")
 TRANSIENT = ("statistics", "materialize", "activations", "gather", "baselines")
 STEP = ("activations", "gather")  # one phase: the training step
 LABELS = {
-    "series": "series T x N x 4 (node-shared)",
-    "libraries": "shared libraries (once per node)",
+    "series": "series T x N x 4",
+    "libraries": "shared libraries (file-backed pages)",
     "runtime": "runtime (Python, torch, MPI, Horovod)",
     "cuda_host": "CUDA libraries on the host",
     "cuda_context": "CUDA context",
-    "data": "data slice on the device",
+    "data": "data slice held by the rank",
     "model_state": "params + grads + Adam + copies (6 x P x 4)",
     "graph": "graph operators",
-    "statistics": "normalization statistics (transient)",
-    "materialize": "building the windows (transient)",
-    "activations": "activations, one batch (x peak factor)",
-    "gather": "batch x, y, mask",
-    "baselines": "baselines: slot sums (transient)",
+    "statistics": "normalization + data-health sums",
+    "materialize": "building the windows",
+    "activations": "step: activations",
+    "gather": "step: batch x, y, mask",
+    "baselines": "baselines: slot sums",
 }
+PHASES = ("statistics", "materialize", "step", "baselines")
 
 
 @dataclass
@@ -149,11 +166,20 @@ class Plan:
     graph_storage: str = ""  # dense | sparse
 
     @staticmethod
-    def _peak(terms: dict) -> int:
+    def _phases(terms: dict) -> dict:
+        return {"statistics": terms.get("statistics", 0), "materialize": terms.get("materialize", 0),
+                "step": sum(terms.get(k, 0) for k in STEP), "baselines": terms.get("baselines", 0)}
+
+    @classmethod
+    def _peak(cls, terms: dict) -> int:
         resident = sum(v for k, v in terms.items() if k not in TRANSIENT)
-        phases = [terms.get("statistics", 0), terms.get("materialize", 0), terms.get("baselines", 0),
-                  sum(terms.get(k, 0) for k in STEP)]
-        return resident + max(phases)
+        return resident + max(cls._phases(terms).values())
+
+    @property
+    def peak_phase(self) -> str:
+        """The transient phase that sets the host peak: statistics, materialize, step or baselines."""
+        phases = self._phases(self.host)
+        return max(phases, key=phases.get)
 
     @property
     def shared_bytes(self) -> int:
@@ -187,11 +213,17 @@ class Plan:
         return ok
 
     def dominant(self, where: str = "host", count: int = 3) -> list[tuple[str, int]]:
-        """The largest terms per node (host: shared once, per-rank x ranks per node)."""
+        """The largest terms that make up the peak, per node (host: shared once, per-rank
+        terms x ranks per node; transients only of the phase that sets the peak)."""
+        terms = self.device if where == "device" else self.host
+        phases = self._phases(terms)
+        peak = max(phases, key=phases.get)
+        counted = {k: v for k, v in terms.items()
+                   if k not in TRANSIENT or k in (STEP if peak == "step" else (peak,))}
         if where == "device":
-            items = dict(self.device)
+            items = counted
         else:
-            items = {k: v * self.ranks_per_node for k, v in self.host.items()}
+            items = {k: v * self.ranks_per_node for k, v in counted.items()}
             items.update(self.shared)
         return sorted(((k, v) for k, v in items.items() if v > 0), key=lambda kv: -kv[1])[:count]
 
@@ -203,6 +235,7 @@ class Plan:
             "activation_saved_bytes": self.activation_saved_bytes, "peak_factor": self.peak_factor,
             "node_shared_bytes": dict(self.shared), "rank_bytes_terms": dict(self.host),
             "rank_bytes": self.rank_bytes, "node_bytes": self.node_bytes, "rank_rss_bytes": self.rank_rss_bytes,
+            "peak_phase": self.peak_phase,
         }
         if self.device:
             out["device_bytes_terms"] = dict(self.device)
@@ -357,17 +390,27 @@ def estimate(inputs: PlanInputs, num_steps: int, num_nodes: int, num_edges: int,
     factor = peak_factor(inputs.model)
     activations = int(saved * factor)
 
-    # Host transients of every mode: statistics over the rank's balanced share of the
-    # training starts (+ L - 1 steps); baselines over its share of the training span.
-    stat_rows = max(balanced_range(split.train, r, world_size).count for r in (0, world_size - 1)) + L - 1
-    statistics = STATS_BYTES_PER_READING * stat_rows * N
+    # Host transients of every mode, chunked over steps: the z-score sums over the rank's
+    # balanced share of the training starts (+ L - 1 steps), the data-health sums over its
+    # share of the training span, and (if evaluated) the baselines' slot sums.
+    from hvd_stgnn.batching.normalize import input_moment_sums
+    from hvd_stgnn.data.health import health_sums
+    from hvd_stgnn.metrics.baselines import slot_sums
+
+    stat_rows = max(balanced_range(split.train, r, world_size).count for r in range(world_size)) + L - 1
+    lo, hi = split.train.steps_touched(L, H)
+    health_rows = max(balanced_range(StartRange(lo, hi), r, world_size).count for r in range(world_size))
+    statistics = max(STATS_BYTES_PER_READING * min(stat_rows, _chunk_default(input_moment_sums)) * N,
+                     HEALTH_BYTES_PER_READING * min(health_rows, _chunk_default(health_sums)) * N)
     baselines = 0
     if inputs.baselines:
         span = StartRange(0, min(split.train.steps_touched(L, H)[1], split.test.start + L))
         weekly = span.count * inputs.interval_s >= 14 * 86_400
         slots = (7 if weekly else 1) * (86_400 // inputs.interval_s)
-        span_rows = max(balanced_range(span, r, world_size).count for r in (0, world_size - 1))
-        baselines = BASELINE_BYTES_PER_READING * span_rows * N + 2 * slots * N * 8
+        span_rows = max(balanced_range(span, r, world_size).count for r in range(world_size))
+        table = 2 * slots * N * 8  # (2, slots, N) float64 sums and counts
+        baselines = max(table + BASELINE_BYTES_PER_READING * min(span_rows, _chunk_default(slot_sums)) * N,
+                        2 * table)
 
     shared = {"series": num_steps * N * FLOAT, "libraries": RUNTIME_SHARED_BYTES}
     step = {"activations": activations, "gather": gather_bytes(inputs, N)}
@@ -429,7 +472,11 @@ def _own_resident() -> int:
 
 
 def fmt_bytes(n: float) -> str:
-    return f"{n / GiB:.2f} GiB" if abs(n) >= 0.5 * GiB else f"{n / MiB:.1f} MiB"
+    if abs(n) >= 0.5 * GiB:
+        return f"{n / GiB:.2f} GiB"
+    if abs(n) >= 1000 * KiB:
+        return f"{n / MiB:.1f} MiB"
+    return f"{n / KiB:.1f} KiB" if n else "0"
 
 
 def check_fits(cfg, num_steps: int, num_nodes: int, num_edges: int, world_size: int, ranks_per_node: int,
@@ -470,7 +517,7 @@ def check_fits(cfg, num_steps: int, num_nodes: int, num_edges: int, world_size: 
         problems.append(
             f"predicted {fmt_bytes(need)} per node ({ranks_per_node} rank(s) x {fmt_bytes(plan.rank_bytes)} + "
             f"{fmt_bytes(plan.shared_bytes)} shared) > {fmt_bytes(node_memory_bytes)} available ({where}); "
-            f"largest: {top}"
+            f"largest per node: {top}"
         )
     if plan.device:
         if device_memory_bytes is None:
