@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hvd_stgnn.data.importers import IMPORTERS
     from hvd_stgnn.data.synthetic import PRESETS
     from hvd_stgnn.bench.compare import add_compare_parser
+    from hvd_stgnn.plan.cli import add_plan_parser
     from hvd_stgnn.profiling.plot import add_plot_parser
     from hvd_stgnn.profiling.timeline import add_timeline_parser
 
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     parser.train_parser = train  # main() sets its defaults from --config, then parses again
 
+    add_plan_parser(commands)
     add_timeline_parser(commands)
     add_plot_parser(commands)
     return parser

@@ -100,6 +100,8 @@ class TrainConfig:
     log_every: int = _flag("metrics.jsonl: one step record every N optimizer steps", default=10)
     max_steps_per_epoch: int = _flag("cap optimizer steps per epoch (0: all); for a first look at a huge series",
                                      default=0)
+    memory_check: bool = _flag("predict node/device memory first (hvd-stgnn plan) and refuse a run that "
+                               "cannot fit", default=True)
     eval_windows: int = _flag("validate and test on at most this many windows, evenly spaced over the split "
                               "(0: all)", default=0)
 

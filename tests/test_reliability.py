@@ -135,3 +135,15 @@ def test_unwritable_checkpoint_directory_is_clear_and_keeps_the_previous(tiny_h5
     assert "Operation not permitted" in lines[0]
     assert last.read_bytes() == before  # the previous checkpoint, intact
     assert [p.name for p in last.parent.iterdir()] == ["last.pt"]  # no temp file left
+
+
+@pytest.mark.mpi
+def test_a_run_that_cannot_fit_is_refused_with_the_numbers(tiny_h5):
+    """The planner runs before loading; the limit comes from the env here (a 0.3 GiB node)."""
+    t0 = time.monotonic()
+    r = run_mpi(2, "train", "--data", str(tiny_h5), "--epochs", "1", *TINY, "--data-mode", "materialized",
+                env={"HVD_STGNN_NODE_MEMORY_GB": "0.3"}, timeout=120)
+    assert r.returncode == 2 and time.monotonic() - t0 < 60
+    lines = our_error_lines(r.stderr)
+    assert len(lines) == 1 and "memory: predicted" in lines[0] and "307.2 MiB available" in lines[0], r.stderr
+    assert "load:" not in r.stdout + r.stderr  # refused before reading the data

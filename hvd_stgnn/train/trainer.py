@@ -88,6 +88,19 @@ def _build_model(cfg: Config, rd, num_features: int, device: torch.device) -> to
     return build_model(cfg.model.name, inputs).to(device)
 
 
+def _memory_plan(cfg: Config, backend: Backend, device: torch.device) -> str:
+    """Rank 0: predict this run's memory per node and rank (hvd_stgnn/plan); a ConfigError
+    with the numbers when it cannot fit, before anything is loaded."""
+    from hvd_stgnn.data.hdf5 import read_metadata
+    from hvd_stgnn.plan import check_fits
+    from hvd_stgnn.plan.estimate import fmt_bytes
+
+    meta = read_metadata(cfg.data.path)
+    plan = check_fits(cfg, meta.num_steps, meta.num_nodes, meta.num_edges, backend.size, backend.local_size,
+                      device.type, interval_s=meta.interval_s)
+    return f"node {fmt_bytes(plan.node_bytes)} predicted ({backend.local_size} rank(s) per node; --no-memory-check to skip)"
+
+
 class _State:
     """Where training stands; what a checkpoint restores."""
 
@@ -116,6 +129,9 @@ def train(cfg: Config, backend: Backend) -> dict:
             return path, state
         resumed = _agree(backend, _load)
 
+    if cfg.train.memory_check:
+        plan = _agree(backend, lambda: _memory_plan(cfg, backend, device))
+        log(f"memory plan: {plan}")
     rd = prepare(cfg, backend, device, log)
     prepare_seconds = time.perf_counter() - t_start
     pss_peak = process_pss_bytes()
