@@ -35,6 +35,8 @@ from hvd_stgnn.train.schedule import lr_factor
 
 __all__ = ["evaluate", "param_digest", "threads_per_rank", "train"]
 
+WARMUP_STEPS = 2
+
 
 def _log(backend: Backend, message: str) -> None:
     if backend.is_root:
@@ -209,6 +211,9 @@ def train(cfg: Config, backend: Backend) -> dict:
     phase_timings = []
     job_steps, job_epochs = 0, 0
     loop_seconds, samples_trained = 0.0, 0
+    # Throughput leaves out the job's first WARMUP_STEPS steps (allocator growth, first
+    # Horovod negotiations / DDP bucket rebuild), unless there are no others.
+    warm = {"t": None, "steps": 0}
     stopped_early = False
     with StopSignal() as stop:
         try:
@@ -245,6 +250,10 @@ def train(cfg: Config, backend: Backend) -> dict:
                     job_steps += 1
                     st.global_step, st.step = st.global_step + 1, step + 1
                     timeline.after_step(job_steps)
+                    if job_steps == WARMUP_STEPS:
+                        warm["t"], warm["steps"] = time.perf_counter(), 0
+                    elif warm["t"] is not None:
+                        warm["steps"] += 1
                     loss_value = loss.item()
                     bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
                     if st.global_step % cfg.train.log_every == 0 and runlog.active:
@@ -257,6 +266,8 @@ def train(cfg: Config, backend: Backend) -> dict:
                                           f"step {st.step}/{steps_per_epoch}{where}")
                 bar.close()
                 loop_seconds += time.perf_counter() - t0
+                if warm["t"] is not None:  # validation is not training time
+                    warm["seconds"] = warm.get("seconds", 0.0) + time.perf_counter() - max(warm["t"], t0)
                 samples_trained += timer.steps * k * B * backend.size
 
                 train_mae = train_sums.reduced(backend.allreduce_sum).mae
@@ -313,7 +324,9 @@ def train(cfg: Config, backend: Backend) -> dict:
             "prepare_seconds": prepare_seconds,  # load + statistics + batch sources (materialized: every window)
             "train_loop_seconds": loop_seconds,  # training steps of this job, validation excluded
             "epoch_seconds_median": statistics.median(epoch_seconds) if epoch_seconds else 0.0,
-            "samples_per_second": samples_trained / loop_seconds if loop_seconds else 0.0,
+            "samples_per_second": (warm["steps"] * k * B * backend.size / warm["seconds"] if warm["steps"]
+                                   else samples_trained / loop_seconds if loop_seconds else 0.0),
+            "samples_per_second_excludes_steps": WARMUP_STEPS if warm["steps"] else 0,
         },
         "memory": {
             "per_rank": memory,  # PSS sampled after loading and after every epoch; peak RSS from the kernel
