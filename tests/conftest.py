@@ -57,3 +57,14 @@ def small_h5(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small.h5"
     write_dataset(path, generate(20, 4 * 288, seed=1))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory) -> Path:
+    """12 sensors x 400 steps: 264 training windows, 9 steps/epoch/rank at B = 16 on 2 ranks
+    (17 on one process); a 2-rank job trains, checkpoints and tests in a few seconds."""
+    from hvd_stgnn.data import generate, write_dataset
+
+    path = tmp_path_factory.mktemp("tiny12") / "tiny.h5"
+    write_dataset(path, generate(12, 400, seed=3))
+    return path

@@ -207,16 +207,6 @@ def test_missing_data_file(tmp_path):
 # --- real jobs --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_h5(tmp_path_factory):
-    """12 sensors x 400 steps: each job trains and tests in a few seconds."""
-    from hvd_stgnn.data import generate, write_dataset
-
-    path = tmp_path_factory.mktemp("cmp") / "tiny.h5"
-    write_dataset(path, generate(12, 400, seed=0))
-    return path
-
-
 @pytest.mark.mpi
 def test_failing_job_names_it_and_keeps_its_log(tiny_h5, tmp_path, capsys):
     out = tmp_path / "out"

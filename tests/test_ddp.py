@@ -15,15 +15,6 @@ TINY = ["--model", "tgcn", "--hidden", "8", "--batch-size", "16", "--threads", "
         "--lr", "0.01"]
 
 
-@pytest.fixture(scope="module")
-def tiny_h5(tmp_path_factory) -> Path:
-    from hvd_stgnn.data import generate, write_dataset
-
-    path = tmp_path_factory.mktemp("ddp") / "tiny.h5"
-    write_dataset(path, generate(12, 400, seed=5))
-    return path
-
-
 def _curve(path: Path) -> list[float]:
     res = json.loads(path.read_text())
     return [e["train_mae"] for e in res["epochs"]] + [e["val_mae"] for e in res["epochs"]]

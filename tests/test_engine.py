@@ -19,16 +19,6 @@ from hvd_stgnn.train.schedule import lr_factor
 TINY = ["--model", "tgcn", "--hidden", "8", "--batch-size", "16", "--threads", "1", "--no-baselines"]
 
 
-@pytest.fixture(scope="module")
-def tiny_h5(tmp_path_factory) -> Path:
-    """12 sensors x 400 steps: 264 training windows, 9 steps/epoch/rank at B=16 on 2 ranks."""
-    from hvd_stgnn.data import generate, write_dataset
-
-    path = tmp_path_factory.mktemp("engine") / "tiny.h5"
-    write_dataset(path, generate(12, 400, seed=3))
-    return path
-
-
 # --- pure functions ------------------------------------------------------------------
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +16,6 @@ from hvd_stgnn.data.health import STORM_SHARE, health_sums, summarize_health
 from hvd_stgnn.train import checkpoint as ckpt
 
 TINY = ["--model", "tgcn", "--hidden", "8", "--batch-size", "16", "--threads", "1", "--no-baselines"]
-
-
-@pytest.fixture(scope="module")
-def tiny_h5(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("rel") / "tiny.h5"
-    write_dataset(path, generate(12, 400, seed=7))
-    return path
 
 
 # --- data health (pure) ----------------------------------------------------------------
