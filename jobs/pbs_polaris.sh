@@ -65,7 +65,8 @@ ROOT="${HVD_STGNN_ROOT:-${PBS_O_WORKDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/..
 # export HOROVOD_FUSION_THRESHOLD=$((64 * 1024 * 1024)) HOROVOD_CYCLE_TIME=5
 # -----------------------------------------------------------------------------------------
 
-# ---- helpers shared by the jobs/ scripts (each script stays standalone) ----------------
+# ---- the same helpers as jobs/common.sh, copied: the scheduler runs a spooled copy of -----
+# ---- this script, which may not find the repository to source them from -------------------
 quote_words() {  # the words as one line a shell would read back as the same words
     local w sq="'" out=()
     for w in "$@"; do
