@@ -598,6 +598,31 @@ def _size(nbytes: int | None) -> str:
     return f"{nbytes / 1e6:.0f} MB"
 
 
+def phase_lines(res: dict | None, comm: dict, png: str | None, allreduce_label: str) -> list[str]:
+    """The report's tail, shared by both trace formats: the trainer's phase table for the
+    recorded epoch (from --results) beside the trace's allreduce time per step, and the chart."""
+    out: list[str] = []
+    if res and res.get("phase_timings"):
+        pt = res["phase_timings"]
+        out.append("")
+        out.append(f"phase times, epoch {pt.get('epoch')} ({pt.get('steps')} steps/rank; "
+                   "per-step mean per rank, then min/median/max across ranks)")
+        out.append(f"  {'phase':<32} {'min ms':>9} {'median ms':>10} {'max ms':>9}")
+        for key, label in PHASES:
+            v = pt.get(key)
+            if isinstance(v, dict):
+                out.append(f"  {label:<32} {v.get('min', math.nan):>9.3f} {v.get('median', math.nan):>10.3f} "
+                           f"{v.get('max', math.nan):>9.3f}")
+        if "allreduce_ms_per_step" in comm:
+            out.append(f"  {allreduce_label:<32} {'':>9} {comm['allreduce_ms_per_step']:>10.3f}")
+    elif res:
+        out.append("  (no phase_timings in the results file)")
+    if png:
+        out.append("")
+        out.append(f"chart: {png}")
+    return out
+
+
 def format_report(rep: dict) -> str:
     if rep.get("format") == "torch.profiler":
         return format_ddp_report(rep, _pct, _size, _n)
@@ -680,24 +705,7 @@ def format_report(rep: dict) -> str:
                    + (f" = {_pct(comm.get('allreduce_share_of_median_step'))} of the median step"
                       if comm.get("allreduce_share_of_median_step") is not None else ""))
 
-    if res and res.get("phase_timings"):
-        pt = res["phase_timings"]
-        out.append("")
-        out.append(f"phase times, epoch {pt.get('epoch')} ({pt.get('steps')} steps/rank; "
-                   "per-step mean per rank, then min/median/max across ranks)")
-        out.append(f"  {'phase':<32} {'min ms':>9} {'median ms':>10} {'max ms':>9}")
-        for key, label in PHASES:
-            v = pt.get(key)
-            if isinstance(v, dict):
-                out.append(f"  {label:<32} {v.get('min', math.nan):>9.3f} {v.get('median', math.nan):>10.3f} "
-                           f"{v.get('max', math.nan):>9.3f}")
-        if "allreduce_ms_per_step" in comm:
-            out.append(f"  {'allreduce wall (timeline, rank 0)':<32} {'':>9} {comm['allreduce_ms_per_step']:>10.3f}")
-    elif res:
-        out.append("  (no phase_timings in the results file)")
-    if rep.get("png"):
-        out.append("")
-        out.append(f"chart: {rep['png']}")
+    out += phase_lines(res, comm, rep.get("png"), "allreduce wall (timeline, rank 0)")
     return "\n".join(out)
 
 

@@ -745,7 +745,7 @@ def _cell(v: float | None, width: int = 10, na: str = NA) -> str:
 
 def format_ddp_report(rep: dict, pct, size, n) -> str:
     """Text for a torch.profiler report (helpers passed in from timeline.py)."""
-    from hvd_stgnn.profiling.timeline import CATEGORIES, CATEGORY_LABELS, PHASES
+    from hvd_stgnn.profiling.timeline import CATEGORIES, CATEGORY_LABELS, phase_lines
 
     out: list[str] = []
     c, comm = rep["counts"], rep["comm"]
@@ -869,25 +869,7 @@ def format_ddp_report(rep: dict, pct, size, n) -> str:
                            ("optimizer_ms", "optimizer (Optimizer.step)"),
                            ("step_ms", "step (optimizer step to the next)")):
             out.append(f"  {label:<42} {_cell(ph[key], 9, '-')}")
-    if res and res.get("phase_timings"):
-        pt = res["phase_timings"]
-        out.append("")
-        out.append(f"phase times, epoch {pt.get('epoch')} ({pt.get('steps')} steps/rank; "
-                   "per-step mean per rank, then min/median/max across ranks)")
-        out.append(f"  {'phase':<32} {'min ms':>9} {'median ms':>10} {'max ms':>9}")
-        for key, label in PHASES:
-            v = pt.get(key)
-            if isinstance(v, dict):
-                label = "backward (incl. allreduce wait)" if key == "backward_ms" else label
-                out.append(f"  {label:<32} {v.get('min', math.nan):>9.3f} {v.get('median', math.nan):>10.3f} "
-                           f"{v.get('max', math.nan):>9.3f}")
-        if "allreduce_ms_per_step" in comm:
-            out.append(f"  {'allreduce wall (trace)':<32} {'':>9} {comm['allreduce_ms_per_step']:>10.3f}")
-    elif res:
-        out.append("  (no phase_timings in the results file)")
-    if rep.get("png"):
-        out.append("")
-        out.append(f"chart: {rep['png']}")
+    out += phase_lines(res, comm, rep.get("png"), "allreduce wall (trace)")
     return "\n".join(out)
 
 
