@@ -120,7 +120,11 @@ def train(cfg: Config, backend: Backend) -> dict:
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device, backend.local_rank)
     opened: dict = {}
-    _agree(backend, lambda: opened.setdefault("log", RunLog(cfg, True, t_start)) and None)
+
+    def open_run_dir() -> None:  # rank 0: an unwritable --run-dir is every rank's error
+        opened["log"] = RunLog(cfg, True, t_start)
+
+    _agree(backend, open_run_dir)
     runlog = opened.get("log") or RunLog(cfg, False, t_start)  # only rank 0's writes
     resumed = None
     if cfg.train.resume:
@@ -213,7 +217,7 @@ def train(cfg: Config, backend: Backend) -> dict:
     loop_seconds, samples_trained = 0.0, 0
     # Throughput leaves out the job's first WARMUP_STEPS steps (allocator growth, first
     # Horovod negotiations / DDP bucket rebuild), unless there are no others.
-    warm = {"t": None, "steps": 0}
+    warm = {"t": None, "steps": 0, "seconds": 0.0}
     stopped_early = False
     with StopSignal() as stop:
         try:
@@ -267,7 +271,7 @@ def train(cfg: Config, backend: Backend) -> dict:
                 bar.close()
                 loop_seconds += time.perf_counter() - t0
                 if warm["t"] is not None:  # validation is not training time
-                    warm["seconds"] = warm.get("seconds", 0.0) + time.perf_counter() - max(warm["t"], t0)
+                    warm["seconds"] += time.perf_counter() - max(warm["t"], t0)
                 samples_trained += timer.steps * k * B * backend.size
 
                 train_mae = train_sums.reduced(backend.allreduce_sum).mae
