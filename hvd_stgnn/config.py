@@ -93,7 +93,11 @@ class TrainConfig:
     baselines: bool = _flag("evaluate persistence and historical average on the test windows too", default=True)
     run_dir: str = _flag("run directory (rank 0 writes config.toml, metrics.jsonl, results.json, checkpoints/)",
                          default="")
-    resume: str = _flag("resume from this run directory's last checkpoint (or a checkpoint file)", default="")
+    resume: str = _flag("resume from this run directory's last checkpoint (or a checkpoint file); auto: from "
+                        "RUN_DIR's last good checkpoint when there is one, else start fresh (requeued/chained jobs)",
+                        default="")
+    overwrite: bool = _flag("start fresh in a --run-dir that holds checkpoints of an earlier run (deletes them)",
+                            default=False)
     checkpoint_every: int = _flag("write RUN_DIR/checkpoints/last.pt every N epochs (0: only at the end)", default=1)
     stop_after_epochs: int = _flag("end this job after N epochs with a checkpoint, to continue with --resume "
                                    "(time-limited allocations; 0: run all --epochs)", default=0)
@@ -182,6 +186,10 @@ class Config:
             (not (self.train.stop_after_epochs and not self.train.run_dir),
              "--stop-after-epochs needs --run-dir (where the checkpoint goes)"),
             (self.train.threads >= 0, "--threads must be >= 0"),
+            (not (self.train.resume == "auto" and not self.train.run_dir),
+             "--resume auto needs --run-dir (whose checkpoints it resumes from)"),
+            (not (self.train.resume and self.train.overwrite),
+             f"--resume {self.train.resume} and --overwrite contradict each other: choose one"),
         ]
         for ok, message in checks:
             if not ok:

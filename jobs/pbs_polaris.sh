@@ -41,6 +41,11 @@
 #     (the mapping of ALCF's set_affinity_gpu_polaris.sh). Inline, not a separate file, so
 #     the job needs nothing else on the compute nodes. A rank then sees one GPU and
 #     `--device auto` uses it;
+#   - stopping and resuming as jobs/slurm.sbatch does: SIGTERM (PBS at the walltime, qdel)
+#     or SIGUSR1 (`qsig -s USR1 JOB`, e.g. from a watcher before the walltime) to this
+#     script is forwarded to mpiexec as SIGTERM, so every rank checkpoints and stops; and
+#     `hvd-stgnn train ... --run-dir DIR` without --resume/--overwrite gets `--resume auto`
+#     (a resubmitted job, `qsub -W depend=afterany:JOB`, continues; a first one starts fresh);
 #   - the environment (PATH with .venv/bin, OMP_NUM_THREADS, HOROVOD_* knobs, NCCL_*) reaches
 #     every rank: PALS mpiexec passes the environment on by default.
 # Optional environment:
@@ -99,6 +104,35 @@ add_threads_flag() {  # `hvd-stgnn train ...` without --threads: add --threads $
     CMD=("${CMD[0]}" train --threads "$OMP_NUM_THREADS" "${CMD[@]:2}")
 }
 is_dry_run() { case "${DRY_RUN:-0}" in 0|"") return 1 ;; *) return 0 ;; esac; }
+# ---- the same as in jobs/slurm.sbatch: resuming by default, forwarding a stop signal ----
+add_resume_flag() {  # `hvd-stgnn train ... --run-dir D` without --resume/--overwrite: add --resume auto
+    [ "${#CMD[@]}" -ge 2 ] && [ "${CMD[0]##*/}" = hvd-stgnn ] && [ "${CMD[1]}" = train ] || return 0
+    local w has_dir=0
+    for w in "${CMD[@]:2}"; do
+        case "$w" in --resume|--resume=*|--overwrite|--no-overwrite) return 0 ;; --run-dir|--run-dir=*) has_dir=1 ;; esac
+    done
+    [ "$has_dir" = 1 ] || return 0
+    CMD=("${CMD[0]}" train --resume auto "${CMD[@]:2}")
+}
+forward_stop() {  # PID: SIGTERM to mpiexec, which passes it on to every rank
+    kill -TERM "$1" 2>/dev/null || true
+}
+run_forwarding_stop() {  # run LINE as a child; SIGUSR1/SIGTERM here -> SIGTERM to it; its exit status
+    set +e
+    "${LINE[@]}" &
+    local pid=$! rc
+    # shellcheck disable=SC2064  # the pid is fixed now
+    trap "echo '$ME: SIGUSR1 (time limit near): asking the ranks to checkpoint and stop' >&2; forward_stop $pid" USR1
+    # shellcheck disable=SC2064
+    trap "echo '$ME: SIGTERM: asking the ranks to checkpoint and stop' >&2; forward_stop $pid" TERM
+    while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done  # a trapped signal interrupts wait
+    wait "$pid"
+    rc=$?
+    trap - USR1 TERM
+    set -e
+    return "$rc"
+}
+# -----------------------------------------------------------------------------------------
 positive_int() {  # NAME VALUE [allow0]: exit 2 unless VALUE is an integer > 0 (>= 0 with allow0)
     local kind=positive
     [ -n "${3:-}" ] && kind=non-negative
@@ -153,6 +187,7 @@ if [ "$OMP_NUM_THREADS" -gt "$DEPTH" ]; then
     echo "$ME: warning: OMP_NUM_THREADS=$OMP_NUM_THREADS > DEPTH=$DEPTH: threads will share cores (slow)" >&2
 fi
 add_threads_flag
+add_resume_flag
 jemalloc_prefix
 
 # One GPU per rank from the PALS local rank (see the header).
@@ -178,4 +213,7 @@ if is_dry_run; then
     quote_words "${LINE[@]}"
     exit 0
 fi
-exec "${LINE[@]}"
+rc=0
+run_forwarding_stop || rc=$?
+[ "$rc" -eq 0 ] || echo "$ME: job ${PBS_JOBID:-}: mpiexec ended with status $rc" >&2
+exit "$rc"

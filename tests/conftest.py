@@ -68,3 +68,27 @@ def tiny_h5(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny12") / "tiny.h5"
     write_dataset(path, generate(12, 400, seed=3))
     return path
+
+
+# --- the local Slurm (tests marked `slurm`) ---------------------------------------------
+
+SLURM_LOCAL = REPO / "tools" / "slurm-local.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_env() -> dict[str, str]:
+    """Start the one-node Slurm of tools/slurm-local.sh (installing it if needed) and return
+    the environment for sbatch/srun/squeue; stopped at the end of the session unless it was
+    running before. A cluster that does not come up fails the tests, never skips them."""
+    was_running = subprocess.run(["bash", str(SLURM_LOCAL), "status"], capture_output=True).returncode == 0
+    r = subprocess.run(["bash", str(SLURM_LOCAL), "start"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"tools/slurm-local.sh start failed:\n{r.stdout}{r.stderr}"
+    conf = subprocess.run(["bash", str(SLURM_LOCAL), "env"], capture_output=True, text=True, check=True).stdout
+    env = {**_env(), "SLURM_CONF": conf.strip().split("=", 1)[1]}
+    # What a user's shell would not have: variables of an enclosing job or of these tests' own launches.
+    for name in list(env):
+        if name.startswith(("SLURM_", "SRUN_", "SBATCH_", "SALLOC_", "OMPI_", "PMIX_", "HVD_STGNN_")) and name != "SLURM_CONF":
+            env.pop(name)
+    yield env
+    if not was_running:
+        subprocess.run(["bash", str(SLURM_LOCAL), "stop"], capture_output=True, timeout=120)

@@ -148,7 +148,7 @@ def test_run_dir_contents_and_plot(tiny_h5, tmp_path):
     assert set(timing) >= {"batch_ms", "forward_ms", "backward_ms", "optimizer_ms", "step_ms"}
     assert timing["step_ms"]["median"] == pytest.approx(
         sum(timing[f"{p}_ms"]["median"] for p in ("batch", "forward", "backward", "optimizer")))
-    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "prev.pt", "best.pt"}  # the last two + best
     r = run_cli("plot", str(run))
     assert r.returncode == 0, r.stderr
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,6 +6,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -265,3 +266,53 @@ def test_horovodrun_launches_two_ranks():
     threads = max(1, CORES // 2)
     for rank in (0, 1):
         assert f"rank {rank} of 2 threads {threads}" in r.stdout, r.stdout
+
+
+# ---- stopping and resuming (slurm.sbatch and pbs_polaris.sh alike) ----------------------------
+
+CLUSTER = {"slurm.sbatch": {"SLURM_CPUS_PER_TASK": "1"}, "pbs_polaris.sh": {"GPUS_PER_NODE": "0"}}
+
+
+@pytest.mark.parametrize("script", sorted(CLUSTER))
+def test_cluster_scripts_resume_auto_when_there_is_a_run_dir(tmp_path, script):
+    env = {**CLUSTER[script], "PBS_NODEFILE": _nodefile(tmp_path, "a")}
+    train = ["hvd-stgnn", "train", "--data", "x.h5"]
+    words = shlex.split(_dry(script, *train, "--run-dir", "runs/a", **env))
+    assert words[words.index("train"):][:3] == ["train", "--resume", "auto"]
+    for given in (["--resume", "runs/b"], ["--resume=runs/b"], ["--overwrite"]):
+        assert "auto" not in shlex.split(_dry(script, *train, "--run-dir", "runs/a", *given, **env))
+    assert "--resume" not in _dry(script, *train, **env)  # no run dir: nothing to resume from
+    assert "--resume" not in _dry(script, "python", "train.py", "--run-dir", "x", **env)  # not our trainer
+
+
+@pytest.mark.parametrize("script,launcher", [("slurm.sbatch", "srun"), ("pbs_polaris.sh", "mpiexec")])
+@pytest.mark.parametrize("sig", ["SIGUSR1", "SIGTERM"])
+def test_cluster_scripts_forward_a_stop_signal_to_the_ranks(tmp_path, script, launcher, sig):
+    """The batch script gets SIGUSR1 (`--signal=B:USR1@120`, `scancel --batch`) or SIGTERM; the
+    ranks get SIGTERM (Slurm: through `scancel --signal=TERM JOB`, never srun's own SIGTERM,
+    which srun turns into SIGKILL of its tasks) and the script exits with their status."""
+    import signal
+
+    pidfile, scancel_args = tmp_path / "launcher.pid", tmp_path / "scancel.args"
+    path = _fake_launcher(tmp_path / "bin", launcher, f"""
+trap 'echo "ranks got TERM"; exit 143' TERM
+echo $$ > {pidfile}
+for i in $(seq 600); do sleep 0.1; done
+""")
+    _fake_launcher(tmp_path / "bin", "scancel", f'echo "$*" > {scancel_args}; kill -TERM "$(cat {pidfile})"\n')
+    env = _env(PATH=path, SLURM_JOB_ID="42", PBS_NODEFILE=_nodefile(tmp_path, "a"), **CLUSTER[script])
+    proc = subprocess.Popen(["bash", str(JOBS / script), "true"], env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.1)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert "ranks got TERM" in out and f"{sig}" in err and "asking the ranks to checkpoint and stop" in err
+    if script == "slurm.sbatch":
+        assert scancel_args.read_text().split() == ["--signal=TERM", "42"]

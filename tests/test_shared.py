@@ -25,9 +25,14 @@ def mid_h5(tmp_path_factory):
     return path
 
 
-def _load(np_, path, tmp_path, ranks_per_node=None, max_message_bytes=None):
+# Open MPI between real nodes: TCP (or a fabric), never shared memory. `tcp` forces that
+# path between the processes of one machine too.
+TRANSPORTS = {"default": {}, "tcp": {"MPIRUN_ARGS": "--mca btl self,tcp"}}
+
+
+def _load(np_, path, tmp_path, ranks_per_node=None, max_message_bytes=None, transport="default"):
     out = tmp_path / f"load-{np_}-{ranks_per_node}.json"
-    env = dict(os.environ)
+    env = {**os.environ, **TRANSPORTS[transport]}
     env.pop("HVD_STGNN_RANKS_PER_NODE", None)
     if ranks_per_node:
         env["HVD_STGNN_RANKS_PER_NODE"] = str(ranks_per_node)
@@ -58,9 +63,10 @@ def test_two_ranks_on_a_node_share_one_copy(mid_h5, tmp_path):
     assert copies == pytest.approx(1.0, abs=0.01)
 
 
-def test_leader_broadcast_across_pretend_nodes_in_small_messages(mid_h5, tmp_path):
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_leader_broadcast_across_pretend_nodes_in_small_messages(mid_h5, tmp_path, transport):
     # 4 ranks as 2 nodes of 2; 100 kB messages force ~48 broadcast chunks.
-    res = _load(4, mid_h5, tmp_path, ranks_per_node=2, max_message_bytes=100_000)
+    res = _load(4, mid_h5, tmp_path, ranks_per_node=2, max_message_bytes=100_000, transport=transport)
     assert res["num_nodes"] == 2
     assert sorted(row["node"] for row in res["ranks"]) == [0, 0, 2, 2]
     assert [row["is_leader"] for row in res["ranks"]] == [True, False, True, False]

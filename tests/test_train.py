@@ -60,13 +60,18 @@ def test_two_rank_horovod_run_learns_and_keeps_ranks_in_sync(small_h5, tmp_path)
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_four_ranks_oversubscribed(small_h5, tmp_path):
+@pytest.mark.parametrize("layout", ["one-node", "two-pretend-nodes-tcp"])
+def test_four_ranks_oversubscribed(small_h5, tmp_path, layout):
+    """`two-pretend-nodes-tcp`: 2 nodes of 2 ranks (two node leaders, a leader broadcast) with
+    Open MPI restricted to TCP between processes, the path between real nodes."""
     out = tmp_path / "r.json"
-    r = run_mpi(4, "train", "--data", str(small_h5), "--epochs", "1", *TRAIN, "--results", str(out))
+    env = {"HVD_STGNN_RANKS_PER_NODE": "2", "MPIRUN_ARGS": "--mca btl self,tcp"} if layout != "one-node" else {}
+    r = run_mpi(4, "train", "--data", str(small_h5), "--epochs", "1", *TRAIN, "--results", str(out), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     res = _results(out)
     assert res["world_size"] == 4
     assert len(res["param_digests"]) == 4 and len(set(res["param_digests"])) == 1
+    assert res["load"]["num_nodes"] == (2 if env else 1)
 
 
 @pytest.mark.mpi

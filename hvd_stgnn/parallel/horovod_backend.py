@@ -99,11 +99,13 @@ class HorovodBackend(Backend):
         # Plain MPI on our communicator: microseconds, no Horovod negotiation cycle.
         return bool(self.comm.allreduce(int(flag), op=self._mpi.MAX))
 
+    # A fixed name: Horovod names these collectives after type(obj) by default, and ranks
+    # passing different types (rank 0 a checkpoint, the others None) then never match up.
     def broadcast_object(self, obj):
-        return self._hvd.broadcast_object(obj, root_rank=0)
+        return self._hvd.broadcast_object(obj, root_rank=0, name="hvd_stgnn.broadcast_object")
 
     def allgather_object(self, obj):
-        return self._hvd.allgather_object(obj)
+        return self._hvd.allgather_object(obj, name="hvd_stgnn.allgather_object")
 
     def start_timeline(self, path: str, mark_cycles: bool) -> None:
         self._hvd.start_timeline(path, mark_cycles=mark_cycles)

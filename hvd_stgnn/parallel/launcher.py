@@ -53,3 +53,69 @@ def under_torchrun() -> bool:
 def under_launcher() -> bool:
     """True when started by an MPI/Slurm launcher (even with a single rank)."""
     return any(name in os.environ for name in _RANK_VARS)
+
+
+def launcher_name() -> str:
+    """Which launcher started this process: srun, mpirun, mpiexec (PBS PALS / MPICH Hydra),
+    torchrun or none. Read from the environment the launcher gave the process (os.environ
+    is Python's copy from start-up; MPI_Init's own settings do not reach it). Open MPI's
+    mpirun inside a Slurm allocation starts its daemons with srun, so its ranks carry
+    SLURM_STEP_ID too: OMPI_COMM_WORLD_RANK (set only by mpirun) is checked first."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env or under_torchrun():
+        return "torchrun"
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return "mpirun"
+    if "PALS_RANKID" in env:
+        return "mpiexec"
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+        return "srun"
+    if "PMI_RANK" in env or "PMIX_RANK" in env:
+        return "mpiexec"
+    return "none"
+
+
+def scheduler_job() -> dict:
+    """{"scheduler": "slurm"|"pbs"|"none", "job_id": ..., "restart_count": Slurm requeues}."""
+    env = os.environ
+    if "SLURM_JOB_ID" in env:
+        return {"scheduler": "slurm", "job_id": env["SLURM_JOB_ID"],
+                "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0)}
+    if "PBS_JOBID" in env:
+        return {"scheduler": "pbs", "job_id": env["PBS_JOBID"], "restart_count": 0}
+    return {"scheduler": "none", "job_id": "", "restart_count": 0}
+
+
+def library_versions() -> dict:
+    """Versions of what a run depends on (None where a library is not installed)."""
+    from importlib import metadata
+
+    versions: dict = {}
+    for name in ("torch", "horovod", "mpi4py", "h5py", "torch_geometric", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        from mpi4py import MPI
+
+        versions["mpi_library"] = MPI.Get_library_version().strip().splitlines()[0].strip()
+    except Exception:  # noqa: BLE001  (no MPI at all: --backend single without mpi4py)
+        versions["mpi_library"] = None
+    return versions
+
+
+def launch_record(hosts: list[str], threads_per_rank: int) -> dict:
+    """What results.json records of the launch; `hosts`: every rank's host name, in rank order."""
+    per_node: dict[str, int] = {}
+    for host in hosts:
+        per_node[host] = per_node.get(host, 0) + 1
+    return {
+        "launcher": launcher_name(),
+        **scheduler_job(),
+        "nodes": sorted(per_node),
+        "ranks_per_node": per_node,
+        "rank_hosts": hosts,
+        "threads_per_rank": threads_per_rank,
+        "versions": library_versions(),
+    }

@@ -20,6 +20,7 @@ from hvd_stgnn.errors import ConfigError, UserError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+PREV = "prev.pt"  # the checkpoint before last.pt: --resume auto falls back to it
 BEST = "best.pt"
 FORMAT_VERSION = 1
 
@@ -33,7 +34,8 @@ def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
 
 
 def resolve_resume(path: str) -> Path:
-    """--resume accepts a run directory (its checkpoints/last.pt) or a checkpoint file."""
+    """--resume accepts a run directory (its checkpoints/last.pt) or a checkpoint file
+    (`auto` is chosen by choose_start)."""
     p = Path(path)
     if p.is_dir():
         p = checkpoint_path(p)
@@ -59,9 +61,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def save_atomic(path: Path, state: dict[str, Any]) -> None:
+def save_atomic(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over
-    `path`: a crash or a full disk leaves the previous checkpoint intact."""
+    `path`: a crash or a full disk leaves the previous checkpoint intact. `keep_previous`:
+    the file `path` replaces becomes PREV (last.pt -> prev.pt), the fallback of --resume auto."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -69,6 +72,8 @@ def save_atomic(path: Path, state: dict[str, Any]) -> None:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name(PREV))
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -79,7 +84,8 @@ def load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated / not a torch file: one line, not a pickle traceback
-        raise CheckpointError(f"--resume {path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else ""  # torch appends a paragraph of advice
+        raise CheckpointError(f"--resume {path}: not a readable checkpoint ({type(exc).__name__}: {reason})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"--resume {path}: not an hvd-stgnn checkpoint (format {FORMAT_VERSION})")
     return state
@@ -101,3 +107,45 @@ def check_compatible(state: dict, cfg_dict: dict, fingerprint: dict, path: Path)
             f"--resume {path}: data file {fingerprint['path']} changed since the checkpoint "
             f"({then['bytes']} -> {fingerprint['bytes']} bytes, mtime {then['mtime_ns']} -> {fingerprint['mtime_ns']})"
         )
+
+
+def choose_start(run_dir: str, resume: str, overwrite: bool) -> tuple[Path | None, dict | None, str]:
+    """Rank 0, before anything is written: which checkpoint this run starts from.
+
+    Returns (path, loaded state, one line saying what happens); (None, None, line) for a
+    fresh start. `--resume auto` takes RUN_DIR/checkpoints/last.pt, else prev.pt when
+    last.pt is partial or unreadable (saying so), starts fresh when there is neither, and
+    refuses when neither can be read. Without --resume, a run dir that holds checkpoints
+    is refused unless --overwrite (which deletes them).
+    """
+    if resume and resume != "auto":
+        path = resolve_resume(resume)
+        return path, load(path), f"resuming from {path}"
+    if not run_dir:
+        return None, None, ""
+    found = [checkpoint_path(run_dir, n) for n in (LAST, PREV)]
+    found = [p for p in found if p.exists()]
+    if resume == "auto":
+        problems = []
+        for path in found:
+            try:
+                state = load(path)
+            except CheckpointError as exc:
+                problems.append(f"{path.name}: {str(exc).split(': ', 1)[-1]}")
+                continue
+            skipped = f" ({'; '.join(problems)})" if problems else ""
+            return path, state, f"--resume auto: resuming from {path}{skipped}"
+        if problems:
+            raise CheckpointError(f"--resume auto: no readable checkpoint in {Path(run_dir) / CHECKPOINT_DIR} "
+                                  f"({'; '.join(problems)}); --overwrite starts over")
+        return None, None, f"--resume auto: no checkpoint in {Path(run_dir) / CHECKPOINT_DIR}: starting fresh"
+    if found and not overwrite:
+        raise ConfigError(f"--run-dir {run_dir}: holds checkpoints of an earlier run ({', '.join(p.name for p in found)}); "
+                          f"continue it with --resume auto, or start over with --overwrite")
+    if found:
+        for path in [*found, checkpoint_path(run_dir, BEST)]:
+            path.unlink(missing_ok=True)
+        metrics = Path(run_dir) / "metrics.jsonl"
+        metrics.unlink(missing_ok=True)
+        return None, None, f"--overwrite: removed the earlier run's checkpoints and metrics in {run_dir}: starting fresh"
+    return None, None, ""

@@ -6,15 +6,18 @@ signal a step later than another), writes a checkpoint and ends the job.
 
 HVD_STGNN_FAULT=KIND:RANK:STEP (tests only) makes rank RANK, just before global optimizer
 step STEP of this job, `raise` an exception, `kill` itself with SIGKILL, or send itself
-`sigterm`.
+`sigterm`. HVD_STGNN_STEP_DELAY_S=SECONDS (tests only) sleeps before every step, so that a
+test can signal a job mid-epoch.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 FAULT_ENV = "HVD_STGNN_FAULT"
+DELAY_ENV = "HVD_STGNN_STEP_DELAY_S"
 
 
 class StopSignal:
@@ -50,8 +53,11 @@ class FaultInjector:
     def __init__(self, rank: int) -> None:
         fault = parse_fault(os.environ.get(FAULT_ENV, ""))
         self.fault = fault if fault and fault[1] == rank else None
+        self.delay_s = float(os.environ.get(DELAY_ENV, "0") or 0)
 
     def before_step(self, step: int) -> None:
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
         if self.fault is None or self.fault[2] != step:
             return
         kind = self.fault[0]

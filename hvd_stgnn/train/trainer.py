@@ -22,6 +22,7 @@ from hvd_stgnn.errors import ConfigError, Interrupted, UserError
 from hvd_stgnn.metrics import HorizonErrorSums, masked_mae_loss
 from hvd_stgnn.models import ModelInputs, build_model
 from hvd_stgnn.parallel import Backend
+from hvd_stgnn.parallel.launcher import launch_record
 from hvd_stgnn.profiling.memory import peak_rss_bytes, process_pss_bytes
 from hvd_stgnn.profiling.window import TimelineWindow
 from hvd_stgnn.train import checkpoint as ckpt
@@ -30,6 +31,7 @@ from hvd_stgnn.train.evaluate import batching_summary, evaluate, evaluate_baseli
 from hvd_stgnn.train.faults import FaultInjector, StopSignal
 from hvd_stgnn.train.phases import PhaseTimer, summarize
 from hvd_stgnn.train.results import format_test_table, write_json_atomic
+from hvd_stgnn.train.rundir_lock import RunDirLock
 from hvd_stgnn.train.runlog import RunLog
 from hvd_stgnn.train.schedule import lr_factor
 
@@ -113,7 +115,34 @@ class _State:
 
 
 def train(cfg: Config, backend: Backend) -> dict:
-    """Run the whole job; returns the results dict (rank 0 also writes it)."""
+    """Run the whole job; returns the results dict (rank 0 also writes it). Rank 0 holds
+    the --run-dir lock from before the first write to the end, on every exit path."""
+    lock = RunDirLock(cfg.train.run_dir) if backend.is_root and cfg.train.run_dir else None
+    try:
+        return _train(cfg, backend, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _open_run_dir(cfg: Config, lock: RunDirLock | None, t_start: float) -> tuple[RunLog, tuple | None, list[str]]:
+    """Rank 0: take the run dir (lock), decide the start (fresh / which checkpoint), then
+    write config.toml and open metrics.jsonl. Returns the log, (path, state) to resume from
+    or None, and the lines to print."""
+    notes = []
+    if lock is not None:
+        lock.acquire()
+        if lock.took_over:
+            notes.append(f"run dir: took over a stale lock ({lock.took_over})")
+    path, state, line = ckpt.choose_start(cfg.train.run_dir, cfg.train.resume, cfg.train.overwrite)
+    if line:
+        notes.append(line)
+    if state is not None:
+        ckpt.check_compatible(state, cfg.to_dict(), ckpt.data_fingerprint(cfg.data.path), path)
+    return RunLog(cfg, True, t_start), (path, state) if state is not None else None, notes
+
+
+def _train(cfg: Config, backend: Backend, lock: RunDirLock | None) -> dict:
     t_start = time.perf_counter()
     log = lambda message: _log(backend, message)  # noqa: E731
     torch.set_num_threads(threads_per_rank(cfg.train.threads, backend.local_size))
@@ -121,19 +150,14 @@ def train(cfg: Config, backend: Backend) -> dict:
     device = resolve_device(cfg.train.device, backend.local_rank)
     opened: dict = {}
 
-    def open_run_dir() -> None:  # rank 0: an unwritable --run-dir is every rank's error
-        opened["log"] = RunLog(cfg, True, t_start)
+    def open_run_dir() -> None:  # rank 0: an unwritable or busy --run-dir is every rank's error
+        opened["log"], opened["resumed"], notes = _open_run_dir(cfg, lock, t_start)
+        return notes
 
-    _agree(backend, open_run_dir)
+    for note in _agree(backend, open_run_dir):
+        log(note)
     runlog = opened.get("log") or RunLog(cfg, False, t_start)  # only rank 0's writes
-    resumed = None
-    if cfg.train.resume:
-        def _load():
-            path = ckpt.resolve_resume(cfg.train.resume)
-            state = ckpt.load(path)
-            ckpt.check_compatible(state, cfg.to_dict(), ckpt.data_fingerprint(cfg.data.path), path)
-            return path, state
-        resumed = _agree(backend, _load)
+    resumed = backend.broadcast_object(opened.get("resumed"))  # (path, state) or None, on every rank
 
     if cfg.train.memory_check:
         plan = _agree(backend, lambda: _memory_plan(cfg, backend, device))
@@ -202,7 +226,7 @@ def train(cfg: Config, backend: Backend) -> dict:
     def save_checkpoint(name: str = ckpt.LAST) -> None:
         rngs = backend.allgather_object(ckpt.rng_state())
         if backend.is_root and runlog.dir is not None:
-            ckpt.save_atomic(ckpt.checkpoint_path(runlog.dir, name), {
+            ckpt.save_atomic(ckpt.checkpoint_path(runlog.dir, name), keep_previous=name == ckpt.LAST, state={
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": st.epoch, "step": st.step, "global_step": st.global_step, "rng": rngs,
                 "history": st.history, "best": st.best, "config": cfg.to_dict(), "world_size": backend.size,
@@ -322,6 +346,7 @@ def train(cfg: Config, backend: Backend) -> dict:
         "model": cfg.model.name,
         "world_size": backend.size,
         "backend": backend.name,
+        "launch": launch_record([r["host"] for r in memory], torch.get_num_threads()),
         "epochs": st.history,
         "phase_timings": phase_timings,
         "timing": {
