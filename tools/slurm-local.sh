@@ -146,8 +146,10 @@ cmd_start() {
     start_daemon munged "$DIR/munge/munged.pid" "$DIR/log/munged.log" \
         munged --force --socket="$SOCKET" --key-file="$DIR/munge/munge.key" --pid-file="$DIR/munge/munged.pid" \
         --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed"
-    start_daemon slurmctld "$DIR/slurmctld.pid" "$DIR/log/slurmctld.log" slurmctld -f "$CONF"
-    start_daemon slurmd "$DIR/slurmd.pid" "$DIR/log/slurmd.log" slurmd -f "$CONF"
+    # -c: a cluster that was not running starts empty, without the jobs of an earlier life
+    # (a machine reused by another checkout would otherwise run them again).
+    start_daemon slurmctld "$DIR/slurmctld.pid" "$DIR/log/slurmctld.log" slurmctld -c -f "$CONF"
+    start_daemon slurmd "$DIR/slurmd.pid" "$DIR/log/slurmd.log" slurmd -c -f "$CONF"
     wait_idle
     say "running: node $NODE idle, ports $PORT/$((PORT + 1)), state $DIR"
     say "use it with: export SLURM_CONF=$CONF"

@@ -99,7 +99,7 @@ def library_versions() -> dict:
     try:
         from mpi4py import MPI
 
-        versions["mpi_library"] = MPI.Get_library_version().strip().splitlines()[0].strip()
+        versions["mpi_library"] = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip()
     except Exception:  # noqa: BLE001  (no MPI at all: --backend single without mpi4py)
         versions["mpi_library"] = None
     return versions
