@@ -142,10 +142,12 @@ def choose_start(run_dir: str, resume: str, overwrite: bool) -> tuple[Path | Non
     if found and not overwrite:
         raise ConfigError(f"--run-dir {run_dir}: holds checkpoints of an earlier run ({', '.join(p.name for p in found)}); "
                           f"continue it with --resume auto, or start over with --overwrite")
-    if found:
-        for path in [*found, checkpoint_path(run_dir, BEST)]:
-            path.unlink(missing_ok=True)
-        metrics = Path(run_dir) / "metrics.jsonl"
-        metrics.unlink(missing_ok=True)
-        return None, None, f"--overwrite: removed the earlier run's checkpoints and metrics in {run_dir}: starting fresh"
+    if overwrite:  # everything an earlier run left: its checkpoints, metrics and results
+        earlier = [*found, checkpoint_path(run_dir, BEST), Path(run_dir) / "metrics.jsonl", Path(run_dir) / "results.json"]
+        earlier = [p for p in earlier if p.exists()]
+        for path in earlier:
+            path.unlink()
+        if earlier:
+            return None, None, (f"--overwrite: removed the earlier run's {', '.join(p.name for p in earlier)} "
+                                f"in {run_dir}: starting fresh")
     return None, None, ""
