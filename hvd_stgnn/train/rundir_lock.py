@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hvd_stgnn.errors import ConfigError
+from hvd_stgnn.parallel.launcher import scheduler_job
 
 LOCK_FILE = "lock.json"
 HEARTBEAT_S = 30.0
@@ -35,11 +36,6 @@ _LIVE_SLURM_STATES = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGUR
 
 class RunDirBusy(ConfigError):
     """Another live job holds the run directory."""
-
-
-def scheduler_job_id() -> str:
-    """The Slurm or PBS job id of this process ('' outside a scheduler)."""
-    return os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or ""
 
 
 def pid_start_time(pid: int) -> int | None:
@@ -62,7 +58,7 @@ class Holder:
 
     @classmethod
     def me(cls) -> "Holder":
-        return cls(socket.gethostname(), os.getpid(), pid_start_time(os.getpid()), scheduler_job_id(),
+        return cls(socket.gethostname(), os.getpid(), pid_start_time(os.getpid()), scheduler_job()["job_id"],
                    time.strftime("%Y-%m-%d %H:%M:%S"))
 
     def describe(self) -> str:
@@ -71,8 +67,9 @@ class Holder:
 
 
 def _slurm_job_ended(job_id: str) -> bool:
-    """True only when squeue answers and does not list `job_id` as live (False if unsure)."""
-    if not job_id.split(".")[0].isdigit() or shutil.which("squeue") is None:
+    """True only when squeue answers and does not list `job_id` as live (False if unsure).
+    Slurm job ids are numbers; a PBS id ("123.server") is never asked about."""
+    if not job_id.isdigit() or shutil.which("squeue") is None:
         return False
     try:
         r = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
@@ -94,7 +91,7 @@ def stale_reason(holder: Holder, lock_age_s: float, me: Holder, stale_after_s: f
             return f"pid {holder.pid} on {holder.host} is another process now"
     if holder.job_id and holder.job_id == me.job_id:
         return f"it was an earlier run of this job {me.job_id} (requeued)"
-    if holder.job_id and not holder.job_id.endswith(".pbs") and _slurm_job_ended(holder.job_id):
+    if holder.job_id and _slurm_job_ended(holder.job_id):
         return f"Slurm job {holder.job_id} has ended"
     if lock_age_s > stale_after_s:
         return f"no heartbeat for {lock_age_s:.0f} s (> {stale_after_s:.0f} s, {STALE_ENV})"
@@ -166,12 +163,25 @@ class RunDirLock:
                     f"--run-dir {self.dir}: in use by another job ({holder.describe()}); wait for it to end or "
                     f"use another --run-dir (lock: {self.path})"
                 )
-        # Move it aside under a name of our own, so two jobs clearing it cannot both win.
+        # Move it aside under a name of our own. Another job may have cleared the same stale
+        # lock and taken a fresh one since we read it: then what we moved is that job's
+        # lock, and it goes back (link fails only if yet another lock is there now).
         aside = self.path.with_name(f".{LOCK_FILE}.stale-{os.getpid()}")
         try:
             os.replace(self.path, aside)
         except FileNotFoundError:
             return
+        try:
+            moved, _ = _read(aside)
+        except FileNotFoundError:
+            moved = None
+        if moved != holder:
+            try:
+                os.link(aside, self.path)
+            except OSError:
+                pass
+            aside.unlink(missing_ok=True)
+            return  # try again: the retaken lock is live, and acquire() reports its holder
         aside.unlink(missing_ok=True)
         self.took_over = f"{holder.describe() if holder else 'unknown holder'}: {reason}"
 
