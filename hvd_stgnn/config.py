@@ -101,7 +101,9 @@ class TrainConfig:
     checkpoint_every: int = _flag("write RUN_DIR/checkpoints/last.pt every N epochs (0: only at the end)", default=1)
     stop_after_epochs: int = _flag("end this job after N epochs with a checkpoint, to continue with --resume "
                                    "(time-limited allocations; 0: run all --epochs)", default=0)
-    log_every: int = _flag("metrics.jsonl: one step record every N optimizer steps", default=10)
+    log_every: int = _flag("metrics.jsonl (and TensorBoard): one step record every N optimizer steps", default=10)
+    tensorboard: str = _flag("also log loss, LR, phase times, validation/test MAE per horizon and memory as "
+                             "TensorBoard event files into this directory (rank 0)", default="")
     max_steps_per_epoch: int = _flag("cap optimizer steps per epoch (0: all); for a first look at a huge series",
                                      default=0)
     memory_check: bool = _flag("predict node/device memory first (hvd-stgnn plan) and refuse a run that "
@@ -122,6 +124,8 @@ class ParallelConfig:
                                        default=-1.0)
     cycle_time_ms: float = _flag("HOROVOD_CYCLE_TIME in ms (-1: keep Horovod's default / the env)", default=-1.0)
     autotune: bool = _flag("HOROVOD_AUTOTUNE: let Horovod tune fusion threshold and cycle time", default=False)
+    ddp_timeout_s: float = _flag("DDP: seconds a collective may wait for the other ranks before the job fails "
+                                 "(torch.distributed's process-group timeout)", default=600.0)
 
 
 @dataclass
@@ -190,6 +194,9 @@ class Config:
              "--resume auto needs --run-dir (whose checkpoints it resumes from)"),
             (not (self.train.resume and self.train.overwrite),
              f"--resume {self.train.resume} and --overwrite contradict each other: choose one"),
+            (self.parallel.ddp_timeout_s > 0, "--ddp-timeout-s must be > 0"),
+            (not (self.profile.timeline and self.parallel.backend == "single"),
+             "--timeline: not supported with --backend single (use horovod or ddp)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -32,3 +32,22 @@ class Interrupted(UserError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, all_ranks=True)
+
+
+def root_verdict(fn, is_root: bool, broadcast):
+    """Run `fn()` on rank 0 only; every rank returns its result, or raises the same UserError
+    (with all_ranks=True, so the job ends cleanly with one line from rank 0).
+
+    broadcast: obj -> rank 0's obj on every rank (a backend's `broadcast_object`, or
+    `lambda o: comm.bcast(o, root=0)` before there is a backend).
+    """
+    result, error = None, None
+    if is_root:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = (type(exc), str(exc))
+    result, error = broadcast((result, error))
+    if error is not None:
+        raise error[0](error[1], all_ranks=True)
+    return result

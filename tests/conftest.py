@@ -1,52 +1,18 @@
-"""Shared helpers: small datasets, running the CLI, launching real mpirun jobs."""
+"""Fixtures: small datasets and the local Slurm (plain helpers are in helpers.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import SLURM_LOCAL, subprocess_env
+
 # One thread for in-process tests: with OpenMP spin-waiting, 2 threads on a 2-core machine
 # where anything else holds a core run ~30x slower (the mpirun tests use 1 per rank anyway).
 torch.set_num_threads(1)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-LOCAL_LAUNCHER = REPO / "jobs" / "local.sh"
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    # The launcher puts .venv/bin first; make sure this interpreter's scripts win too.
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`hvd-stgnn ARGS` as a single process (no launcher)."""
-    return subprocess.run(
-        [sys.executable, "-m", "hvd_stgnn", *args],
-        capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO,
-    )
-
-
-def run_mpi(np_: int, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`jobs/local.sh -np N python -m hvd_stgnn ARGS`: a real mpirun job (`env`: extra
-    variables, exported to every rank)."""
-    return subprocess.run(
-        ["bash", str(LOCAL_LAUNCHER), "-np", str(np_), sys.executable, "-m", "hvd_stgnn", *args],
-        capture_output=True, text=True, timeout=timeout, env={**_env(), **(env or {})}, cwd=REPO,
-    )
-
-
-def our_error_lines(stderr: str) -> list[str]:
-    """Lines our program printed as errors (mpirun adds its own banner around them)."""
-    return [line for line in stderr.splitlines() if line.startswith("hvd-stgnn")]
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +38,6 @@ def tiny_h5(tmp_path_factory) -> Path:
 
 # --- the local Slurm (tests marked `slurm`) ---------------------------------------------
 
-SLURM_LOCAL = REPO / "tools" / "slurm-local.sh"
-
 
 @pytest.fixture(scope="session")
 def slurm_env() -> dict[str, str]:
@@ -84,7 +48,7 @@ def slurm_env() -> dict[str, str]:
     r = subprocess.run(["bash", str(SLURM_LOCAL), "start"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"tools/slurm-local.sh start failed:\n{r.stdout}{r.stderr}"
     conf = subprocess.run(["bash", str(SLURM_LOCAL), "env"], capture_output=True, text=True, check=True).stdout
-    env = {**_env(), "SLURM_CONF": conf.strip().split("=", 1)[1]}
+    env = {**subprocess_env(), "SLURM_CONF": conf.strip().split("=", 1)[1]}
     # What a user's shell would not have: variables of an enclosing job or of these tests' own launches.
     for name in list(env):
         if name.startswith(("SLURM_", "SRUN_", "SBATCH_", "SALLOC_", "OMPI_", "PMIX_", "HVD_STGNN_")) and name != "SLURM_CONF":

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, our_error_lines, run_cli, run_mpi
+from helpers import SHARED_DATA, our_error_lines, run_cli, run_mpi
 
 
 def test_data_synth_and_info(tmp_path):
@@ -140,3 +140,106 @@ def test_bench_batching_and_memory_print_their_figures(small_h5):
     assert one["index_node_bytes"] == two["index_node_bytes"] == res["series_bytes"]
     assert two["index_rank_bytes_max"] < one["index_rank_bytes_max"]
     assert two["materialized_node_bytes"] > one["materialized_node_bytes"] > 30 * one["index_node_bytes"]
+
+
+# --- the dispatcher and the packages' parsers (in-process) ---------------------------------
+
+
+def _walk(parser, path=("hvd-stgnn",)):
+    """(path, parser) of the parser and of every subcommand parser below it."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, (*path, name))
+
+
+def test_every_subcommand_parser_gives_one_line_usage_errors(capsys):
+    from hvd_stgnn.cli import SUBCOMMANDS, _Parser, build_parser
+
+    parser = build_parser()
+    parsers = dict(_walk(parser))
+    assert set(SUBCOMMANDS) == {"data", "bench", "train", "plan", "profiling"}
+    for path in [("data", "import"), ("bench", "models"), ("bench", "compare"), ("train",), ("plan",), ("timeline",),
+                 ("plot",)]:
+        assert ("hvd-stgnn", *path) in parsers, path
+    assert all(isinstance(p, _Parser) for p in parsers.values())
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["bench", "memory", "--np", "0"])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hvd-stgnn bench memory: error: argument --np") and line.endswith("(see --help)")
+
+
+def test_train_config_file_is_read_by_the_reparse_hook_and_flags_win(tmp_path):
+    from hvd_stgnn.cli import build_parser
+
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nhidden = 16\n[train]\nepochs = 7\n')
+    parser = build_parser()
+    argv = ["train", "--config", str(path), "--epochs", "3"]
+    args = parser.parse_args(argv)
+    assert vars(args)["model.hidden"] == 64  # the first parse knows nothing of the file
+    args = args.reparse(parser, argv, args)
+    assert (vars(args)["model.hidden"], vars(args)["train.epochs"]) == (16, 3)
+    plain = parser.parse_args(["train"])
+    assert plain.reparse(parser, ["train"], plain) is plain  # no --config: nothing to do
+
+
+@pytest.mark.parametrize("toml, fragment", [("[train]\nepochs = 0\n", "--epochs must be >= 1"),
+                                            ("[train\n", "not a valid TOML")])
+def test_bad_config_file_is_one_line_from_main(tmp_path, capsys, toml, fragment):
+    from hvd_stgnn.cli import main
+
+    path = tmp_path / "run.toml"
+    path.write_text(toml)
+    assert main(["train", "--config", str(path), "--data", str(tmp_path / "d.h5")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hvd-stgnn train: error: ") and fragment in line, line
+
+
+def test_import_flags_come_from_the_importer_registry(tmp_path):
+    from hvd_stgnn.cli import build_parser
+    from hvd_stgnn.data.cli import importer_kwargs
+    from hvd_stgnn.errors import ConfigError
+
+    parse = lambda *flags: build_parser().parse_args(  # noqa: E731
+        ["data", "import", "--speed", "s", "--graph", "g", "--out", "o", *flags])
+    assert importer_kwargs(parse("--format", "dcrnn-h5", "--start", "2012-03-01 00:00")) == {
+        "key": None, "fill_gaps": False}
+    assert importer_kwargs(parse("--format", "pgt-npy", "--start", "2012-03-01", "--feature", "1")) == {
+        "start": "2012-03-01", "interval_s": 300, "feature": 1}
+    assert importer_kwargs(parse("--format", "tgcn-csv", "--start", "x", "--interval", "60", "--key", "k")) == {
+        "start": "x", "interval_s": 60}
+    with pytest.raises(ConfigError, match=r"^--start is required for --format pgt-npy \(the files carry no timestamps\)$"):
+        importer_kwargs(parse("--format", "pgt-npy"))
+
+
+def test_bench_models_options_are_parsed_by_the_benchmark():
+    from hvd_stgnn.bench.models import parse_hidden, parse_models
+    from hvd_stgnn.errors import ConfigError
+    from hvd_stgnn.models import MODELS
+
+    assert parse_models("") == list(MODELS) and parse_models("dcrnn,tgcn") == ["dcrnn", "tgcn"]
+    assert parse_hidden("") == {"a3tgcn": 32}
+    assert parse_hidden("tgcn=16,a3tgcn=8") == {"a3tgcn": 8, "tgcn": 16}
+    for flag, parse, bad in [("--models", parse_models, "tgcn,lstm"), ("--hidden", parse_hidden, "tgcn"),
+                             ("--hidden", parse_hidden, "tgcn=x"), ("--hidden", parse_hidden, "lstm=8")]:
+        with pytest.raises(ConfigError, match=f"^{flag}"):
+            parse(bad)
+
+
+def test_bench_tables_keep_their_layout(capsys):
+    from hvd_stgnn.bench.cli import MODELS_COLUMNS, print_rows
+
+    row = {"model": "tgcn", "nodes": 207, "batch_size": 64, "hidden": 64, "graph": "dense", "parameters": 12345,
+           "step_ms": 3.14159}
+    print_rows([row], MODELS_COLUMNS, as_json=False)
+    assert capsys.readouterr().out.splitlines() == [
+        "   model       N    B hidden  graph    params   step ms",
+        "    tgcn     207   64     64  dense    12,345       3.1",
+    ]
+    print_rows([row], MODELS_COLUMNS, as_json=True)
+    assert json.loads(capsys.readouterr().out) == [row]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _env, our_error_lines, run_cli, run_mpi
+from helpers import REPO, our_error_lines, run_cli, run_mpi, subprocess_env
 
 TINY = ["--model", "tgcn", "--hidden", "8", "--batch-size", "16", "--threads", "1", "--no-baselines", "--epochs", "3",
         "--lr", "0.01"]
@@ -50,7 +50,7 @@ def test_ddp_under_torchrun(tiny_h5, tmp_path):
     r = subprocess.run(
         [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "hvd_stgnn",
          "train", "--data", str(tiny_h5), *TINY, "--backend", "ddp", "--results", str(out)],
-        capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO,
+        capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=REPO,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())

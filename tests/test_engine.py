@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import our_error_lines, run_cli, run_mpi
+from helpers import our_error_lines, run_cli, run_mpi
 from hvd_stgnn.errors import ConfigError
 from hvd_stgnn.train import checkpoint as ckpt
 from hvd_stgnn.train.phases import summarize
@@ -45,13 +45,14 @@ def test_phase_summary_is_min_median_max_across_ranks():
 
 def _parse_with_toml(tmp_path, toml_text, *flags):
     from hvd_stgnn.cli import build_parser
-    from hvd_stgnn.config import config_from_args, load_toml_defaults
+    from hvd_stgnn.config import config_from_args
 
     path = tmp_path / "c.toml"
     path.write_text(toml_text)
     parser = build_parser()
-    parser.train_parser.set_defaults(**load_toml_defaults(str(path)))
-    return config_from_args(parser.parse_args(["train", *flags]))
+    argv = ["train", "--config", str(path), *flags]
+    args = parser.parse_args(argv)
+    return config_from_args(args.reparse(parser, argv, args))
 
 
 def test_toml_config_with_cli_overrides(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from hvd_stgnn.data import read_dataset, write_dataset
 from hvd_stgnn.data.importers import (
+    IMPORT_OPTIONS,
     IMPORTERS,
     import_dcrnn_h5,
     import_pgt_npy,
@@ -93,7 +95,19 @@ def abc_speed(tmp_path, name="s.h5", steps=3, **kwargs):
 
 
 def test_registry():
-    assert IMPORTERS == {"dcrnn-h5": import_dcrnn_h5, "tgcn-csv": import_tgcn_csv, "pgt-npy": import_pgt_npy}
+    assert {name: imp.function for name, imp in IMPORTERS.items()} == {
+        "dcrnn-h5": import_dcrnn_h5, "tgcn-csv": import_tgcn_csv, "pgt-npy": import_pgt_npy}
+
+
+def test_registry_options_are_parameters_of_their_importer(tgcn):
+    for name, imp in IMPORTERS.items():
+        params = inspect.signature(imp.function).parameters
+        assert set(imp.required) <= set(imp.options), name
+        for flag in imp.options:
+            assert IMPORT_OPTIONS[flag].keyword in params, (name, flag)
+    # An entry is called like its function.
+    again = IMPORTERS["tgcn-csv"](REAL / "los_speed.csv", REAL / "los_adj.csv", start=START)
+    np.testing.assert_array_equal(again.speed, tgcn.speed)
 
 
 def test_dcrnn_h5_real(dcrnn):

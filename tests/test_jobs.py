@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 JOBS = REPO / "jobs"
 SCRIPTS = ["local.sh", "slurm.sbatch", "pbs_polaris.sh", "horovodrun.sh"]

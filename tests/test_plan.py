@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, run_mpi
+from helpers import run_cli, run_mpi
 from hvd_stgnn.batching import num_windows, split_starts
 from hvd_stgnn.data.synthetic import PRESETS
 from hvd_stgnn.errors import ConfigError, DataError
@@ -222,10 +222,10 @@ def test_cuda_plan_puts_the_run_on_the_device():
 
 
 def _run_plan(*argv, capsys):
-    from hvd_stgnn.plan.cli import add_plan_parser
+    from hvd_stgnn.plan.cli import add_parsers
 
     parser = argparse.ArgumentParser(prog="hvd-stgnn")
-    add_plan_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["plan", *argv])
     rc = args.func(args)
     return rc, capsys.readouterr().out

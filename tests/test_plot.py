@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hvd_stgnn.errors import ConfigError, DataError, UserError
-from hvd_stgnn.profiling.plot import (
-    add_plot_parser,
+from hvd_stgnn.profiling.cli import add_plot_parser
+from hvd_stgnn.profiling.curves import (
     best_epoch,
     horizon_mae_series,
     moving_average,
@@ -18,6 +18,7 @@ from hvd_stgnn.profiling.plot import (
     read_metrics,
     read_results,
 )
+from hvd_stgnn.results import Results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -176,7 +177,7 @@ def test_unknown_events_and_blank_lines_are_ignored(tmp_path):
 
 
 def test_results_series_and_best_epoch():
-    horizons, series = horizon_mae_series(RESULTS)
+    horizons, series = horizon_mae_series(Results.from_dict(RESULTS))
     assert horizons == ["15min", "30min", "60min", "avg"]
     assert list(series) == ["tgcn", "persistence", "historical average"]
     assert math.isnan(series["historical average"][3])

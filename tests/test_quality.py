@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA, run_cli, run_mpi
+from helpers import SHARED_DATA, run_cli, run_mpi
 
 WEEK = SHARED_DATA / "metr-la-week"
 

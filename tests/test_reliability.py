@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import our_error_lines, run_mpi
+from helpers import our_error_lines, run_mpi
 from hvd_stgnn.data import generate, write_dataset
 from hvd_stgnn.data.health import STORM_SHARE, health_sums, summarize_health
 from hvd_stgnn.train import checkpoint as ckpt

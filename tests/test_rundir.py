@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import LOCAL_LAUNCHER, REPO, _env, our_error_lines, run_mpi
+from helpers import LOCAL_LAUNCHER, REPO, our_error_lines, run_mpi, subprocess_env
 from hvd_stgnn.errors import ConfigError
 from hvd_stgnn.train import checkpoint as ckpt
 from hvd_stgnn.train.rundir_lock import LOCK_FILE, Holder, RunDirBusy, RunDirLock, pid_start_time, stale_reason
@@ -100,7 +100,7 @@ def test_resume_auto_falls_back_to_the_previous_good_checkpoint(tmp_path):
 
 
 def test_resume_auto_and_overwrite_flags_are_checked(tiny_h5, tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     r = run_cli("train", "--data", str(tiny_h5), "--resume", "auto")
     assert r.returncode == 2 and "--resume auto needs --run-dir" in r.stderr
@@ -120,7 +120,7 @@ def test_two_concurrent_jobs_the_second_is_refused(tiny_h5, tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(["bash", str(LOCAL_LAUNCHER), "-np", "2", sys.executable, "-m", "hvd_stgnn",
                               *_args(tiny_h5, run, 3)], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env={**_env(), "HVD_STGNN_STEP_DELAY_S": "0.3"})
+                             stderr=subprocess.PIPE, env={**subprocess_env(), "HVD_STGNN_STEP_DELAY_S": "0.3"})
     try:
         t0 = time.monotonic()
         while not (run / LOCK_FILE).exists():

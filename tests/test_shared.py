@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bad_files import EDITS, write_bad, write_good
-from conftest import LOCAL_LAUNCHER, our_error_lines, run_cli, run_mpi
+from helpers import LOCAL_LAUNCHER, our_error_lines, run_cli, run_mpi
 from hvd_stgnn.data import generate, write_dataset
 
 pytestmark = pytest.mark.mpi

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_mpi
+from helpers import REPO, run_mpi
 from hvd_stgnn.train import checkpoint as ckpt
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi]

@@ -27,30 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import our_error_lines, run_cli, run_mpi
+from helpers import our_error_lines, run_cli, run_mpi
 from hvd_stgnn.errors import DataError
-from hvd_stgnn.profiling.timeline import (
-    Trace,
-    build_report,
-    category,
-    format_report,
-    load_results,
-    load_timeline,
-    load_trace,
-    merge_intervals,
-    overlap_groups,
-    parse_events,
-    read_events,
-    tensor_bytes,
-    union_length,
-)
-from hvd_stgnn.profiling.timeline_ddp import (
-    TorchTrace,
-    build_ddp_report,
-    is_torch_trace,
-    op_of,
-    parse_torch_trace,
-)
+from hvd_stgnn.profiling.horovod_trace import category, parse_events, tensor_bytes
+from hvd_stgnn.profiling.report import build_report, load_results
+from hvd_stgnn.profiling.report_text import format_report
+from hvd_stgnn.profiling.torch_trace import is_torch_trace, op_of, parse_torch_trace
+from hvd_stgnn.profiling.trace import HorovodTrace, TorchTrace, merge_intervals, overlap_groups, union_length
+from hvd_stgnn.profiling.trace_file import load_timeline, load_trace, read_events
+from hvd_stgnn.results import Results
 
 FIXTURE = Path(__file__).parent / "data" / "timeline_tgcn_2rank.json"
 WINDOW = Path(__file__).parent / "data" / "timeline_window_2rank.json"
@@ -155,7 +140,7 @@ def test_report_arithmetic_on_synthetic_events():
     assert trace.tensors == {1: "allreduce.a", 2: "allreduce.b", 3: "broadcast.c"}
     assert trace.start_epoch_us == 1_700_000_000_000_000
     assert trace.unclosed == trace.unmatched_ends == 0
-    rep = build_report(trace, top=10)
+    rep = build_report([trace], top=10)
 
     c = rep["counts"]
     assert c["allreduce_calls"] == 3 and c["allreduce_tensors"] == 2
@@ -203,7 +188,7 @@ def test_report_arithmetic_on_synthetic_events():
 
 
 def test_top_k_limits_the_tensor_list_not_the_totals():
-    rep = build_report(parse_events(synthetic_events()), top=1)
+    rep = build_report([parse_events(synthetic_events())], top=1)
     assert [t["name"] for t in rep["tensors"]] == ["allreduce.a"]
     assert rep["tensors_total"]["tensors"] == 3
 
@@ -223,7 +208,8 @@ def _results(window_seconds=0.000084, active_steps=2, phases=True):
 
 
 def test_comm_share_of_the_recorded_window_and_last_epoch_phases():
-    rep = build_report(parse_events(synthetic_events(), "syn.json"), results=_results(), results_path="r.json")
+    rep = build_report([parse_events(synthetic_events(), "syn.json")], results=Results.from_dict(_results()),
+                       results_path="r.json")
     comm = rep["comm"]
     assert comm["basis"] == "window" and comm["basis_ms"] == 0.084
     assert comm["allreduce_share"] == pytest.approx(0.5)  # 42 µs of 84 µs
@@ -240,7 +226,7 @@ def test_comm_share_of_the_recorded_window_and_last_epoch_phases():
 def test_results_naming_another_timeline_gives_a_note():
     res = _results()
     res["timeline"]["file"] = "/somewhere/else.json"
-    rep = build_report(parse_events(synthetic_events(), "syn.json"), results=res, results_path="r.json")
+    rep = build_report([parse_events(synthetic_events(), "syn.json")], results=Results.from_dict(res), results_path="r.json")
     assert "else.json" in rep["results"]["note"]
     assert "note: the results describe timeline /somewhere/else.json" in format_report(rep)
 
@@ -251,7 +237,7 @@ def test_recording_started_or_stopped_mid_operation():
               B(1, "NEGOTIATE_ALLREDUCE", 10), E(1, 20), B(1, "ALLREDUCE", 30), B(1, "MPI_ALLREDUCE", 31)]
     trace = parse_events(events)
     assert trace.unmatched_ends == 2 and trace.unclosed == 2
-    rep = build_report(trace)
+    rep = build_report([trace])
     assert rep["counts"]["allreduce_calls"] == 0 and rep["tensors"][0]["negotiate_ms"] == 0.010
     assert "skipped" in format_report(rep)
 
@@ -263,12 +249,12 @@ def test_real_two_rank_timeline_fixture():
     trace = load_timeline(FIXTURE)
     assert not trace.truncated and trace.unclosed == 0 and trace.unmatched_ends == 0
     assert len(trace.tensors) == 40 and trace.tensors[30] == "allreduce.head.bias"
-    rep = build_report(trace, top=5)
+    rep = build_report([trace], top=5)
     c = rep["counts"]
     assert c["allreduce_calls"] == 46 and c["ops"] == {"ALLREDUCE": 46, "ALLGATHER": 4, "BROADCAST": 26}
     assert c["cycles"] == 82
     # 7 training steps x 6 T-GCN parameter tensors are fused into one collective per step.
-    grads = [t for t in build_report(trace, top=100)["tensors"] if t["name"].startswith("allreduce.cell.")]
+    grads = [t for t in build_report([trace], top=100)["tensors"] if t["name"].startswith("allreduce.cell.")]
     assert len(grads) == 4 and all(t["calls"] == 7 for t in grads)
     assert {t["dtype"] for t in grads} == {"float32"}
     names = {a["name"] for a in rep["activities"]}
@@ -291,21 +277,21 @@ def test_real_two_rank_timeline_fixture():
 
 def test_real_trainer_window_with_its_results():
     results = load_results(WINDOW_RESULTS)
-    rep = build_report(load_timeline(WINDOW), top=10, results=results, results_path=str(WINDOW_RESULTS))
+    rep = build_report([load_timeline(WINDOW)], top=10, results=results, results_path=str(WINDOW_RESULTS))
     c = rep["counts"]
     # 4 recorded steps x 6 T-GCN gradients; each step fuses them into 2 collectives (the head's
     # gradients are ready first in backward, the recurrent cell's later).
     assert c["allreduce_calls"] == 24 and c["allreduce_tensors"] == 6 and c["allreduce_batches"] == 8
     assert c["ops"] == {"ALLREDUCE": 24} and c["cycles"] == 27
     assert all(t["calls"] == 4 for t in rep["tensors"])
-    window = results["timeline"]
-    assert window["active_steps"] == 4 and rep["results"]["note"] is None
+    window = results.timeline
+    assert window.active_steps == 4 and rep["results"]["note"] is None
     comm = rep["comm"]
-    assert comm["basis_ms"] == pytest.approx(window["window_seconds"] * 1000, abs=1e-3)
+    assert comm["basis_ms"] == pytest.approx(window.window_seconds * 1000, abs=1e-3)
     assert comm["allreduce_share"] == pytest.approx(comm["allreduce_wall_ms"] / comm["basis_ms"], rel=1e-4)
     assert comm["allreduce_ms_per_step"] == pytest.approx(comm["allreduce_wall_ms"] / 4, abs=1e-3)
     assert comm["allreduce_calls_per_step"] == 6
-    step = results["phase_timings"][-1]["step_ms"]["median"]
+    step = results.phase_timings[-1].step_ms["median"]
     assert comm["allreduce_share_of_median_step"] == pytest.approx(comm["allreduce_ms_per_step"] / step)
     text = format_report(rep)
     assert "window: steps 2..5 of the job (4 steps)" in text and "phase times, epoch 1 (7 steps/rank" in text
@@ -337,7 +323,7 @@ def test_cut_short_files_are_read_up_to_the_last_whole_event(tmp_path, cut):
     assert events == complete[:expect]
     trace = load_timeline(path)
     assert trace.truncated
-    assert "cut short" in format_report(build_report(trace))
+    assert "cut short" in format_report(build_report([trace]))
 
 
 def test_a_complete_file_is_not_reported_as_cut_short():
@@ -382,6 +368,7 @@ def test_missing_file_and_directory(tmp_path):
     ("{}", 'no "timeline" entry'),
     ('{"timeline": {"window_seconds": 0}}', "window_seconds must be a number > 0"),
     ('{"timeline": {"window_seconds": "1"}}', "window_seconds must be a number > 0"),
+    ('{"timeline": {"first_step": 2}}', "window_seconds must be a number > 0"),  # absent
     ('{"timeline": {"window_seconds": 1}, "phase_timings": {}}', '"phase_timings" must be a list'),
     ("[1]", "expected a JSON object"),
     ("{not json", "invalid JSON at line 1"),
@@ -399,7 +386,7 @@ def test_bad_results_file(tmp_path, content, message):
 def test_results_without_phase_timings(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(_results(phases=False)))
-    rep = build_report(parse_events(synthetic_events(), "syn.json"), results=load_results(path), results_path=str(path))
+    rep = build_report([parse_events(synthetic_events(), "syn.json")], results=load_results(path), results_path=str(path))
     assert rep["results"]["phase_timings"] is None
     assert "no phase_timings" in format_report(rep)
 
@@ -410,13 +397,13 @@ def test_results_without_phase_timings(tmp_path):
 def test_png_chart(tmp_path):
     pytest.importorskip("matplotlib")
     from hvd_stgnn.errors import ConfigError
-    from hvd_stgnn.profiling.timeline_plot import plot_report
+    from hvd_stgnn.profiling.report_plot import plot_report
 
-    out = plot_report(build_report(load_timeline(FIXTURE), top=5), tmp_path / "chart.png")
+    out = plot_report(build_report([load_timeline(FIXTURE)], top=5), tmp_path / "chart.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ConfigError, match="does not exist"):
-        plot_report(build_report(load_timeline(FIXTURE)), tmp_path / "no" / "dir" / "chart.png")
+        plot_report(build_report([load_timeline(FIXTURE)]), tmp_path / "no" / "dir" / "chart.png")
 
 
 # --- CLI (`hvd-stgnn timeline`) ------------------------------------------------------------
@@ -480,6 +467,22 @@ def short_h5(tmp_path_factory):
 TRAIN = ["--model", "tgcn", "--hidden", "8", "--batch-size", "16", "--epochs", "1", "--threads", "1", "--no-baselines"]
 
 
+def _train_with_window(h5, tmp_path, *flags):
+    """A 2-rank run recording steps 3-5 (`--timeline-steps 2:3`): (trace, results) paths."""
+    trace, results = tmp_path / "trace.json", tmp_path / "r.json"
+    r = run_mpi(2, "train", "--data", str(h5), *TRAIN, *flags, "--timeline", str(trace), "--timeline-steps", "2:3",
+                "--results", str(results), timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return trace, results
+
+
+def _cli_report(*args) -> dict:
+    """`hvd-stgnn timeline ARGS --json`, which must succeed."""
+    r = run_cli("timeline", *map(str, args), "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 @pytest.mark.mpi
 def test_real_two_rank_run_then_report(short_h5, tmp_path, monkeypatch):
     timeline = tmp_path / "timeline.json"
@@ -488,9 +491,7 @@ def test_real_two_rank_run_then_report(short_h5, tmp_path, monkeypatch):
     r = run_mpi(2, "train", "--data", str(short_h5), *TRAIN, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert timeline.exists()
-    r = run_cli("timeline", str(timeline), "--json")
-    assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout)
+    rep = _cli_report(timeline)
     c = rep["counts"]
     # T-GCN has 6 parameter tensors; every training step reduces each gradient once.
     cell = [t for t in rep["tensors"] if t["name"].startswith("allreduce.cell.") or t["name"].startswith("allreduce.head.")]
@@ -502,23 +503,11 @@ def test_real_two_rank_run_then_report(short_h5, tmp_path, monkeypatch):
     assert not rep["truncated"]
 
 
-def _train_has_timeline_flags() -> bool:
-    r = run_cli("train", "--help")
-    return "--timeline-steps" in r.stdout
-
-
 @pytest.mark.mpi
 def test_trainer_window_then_report_with_results(short_h5, tmp_path):
     """`train --timeline F --timeline-steps 2:3` records steps 3-5 and writes results.timeline."""
-    if not _train_has_timeline_flags():
-        pytest.skip("hvd-stgnn train has no --timeline-steps yet")
-    timeline, results = tmp_path / "tl.json", tmp_path / "r.json"
-    r = run_mpi(2, "train", "--data", str(short_h5), *TRAIN, "--timeline", str(timeline), "--timeline-steps", "2:3",
-                "--timeline-mark-cycles", "--results", str(results), timeout=240)
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = run_cli("timeline", str(timeline), "--results", str(results), "--json")
-    assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout)
+    timeline, results = _train_with_window(short_h5, tmp_path, "--timeline-mark-cycles")
+    rep = _cli_report(timeline, "--results", results)
     assert rep["comm"]["basis"] == "window" and rep["results"]["timeline"]["active_steps"] == 3
     assert rep["counts"]["allreduce_calls"] >= 3 * 6
     assert 0 < rep["comm"]["allreduce_share"] <= 1
@@ -531,8 +520,23 @@ def test_fixtures_are_small():
     assert sum(p.stat().st_size for p in (FIXTURE, WINDOW, WINDOW_RESULTS)) < 200_000
 
 
-def test_json_output_is_serializable():
-    json.dumps(build_report(load_timeline(FIXTURE), results=_results(), results_path="r.json"))
+@pytest.mark.parametrize("kind", ["horovod", "ddp"])
+def test_json_output_is_serializable(kind):
+    """--json prints the report dict as is: it must be strict JSON (no NaN / Infinity tokens)
+    and read back equal, its numbers included."""
+    if kind == "horovod":
+        rep = build_report([load_timeline(FIXTURE)], results=Results.from_dict(_results()), results_path="r.json")
+    else:
+        rep = build_report([load_trace(DDP), load_trace(DDP_RANK1)], results=load_results(DDP_RESULTS),
+                           results_path=str(DDP_RESULTS))
+    text = json.dumps(rep, indent=2, allow_nan=False)  # raises ValueError on NaN / Infinity
+    back = json.loads(text)
+    assert back == rep
+    assert back["comm"]["allreduce_wall_ms"] == rep["comm"]["allreduce_wall_ms"] > 0
+    assert back["comm"]["allreduce_share"] == rep["comm"]["allreduce_share"] > 0
+    assert back["counts"]["allreduce_calls"] == (46 if kind == "horovod" else 6)
+    assert back["tensors_total"] == rep["tensors_total"] and back["tensors_total"]["total_ms"] > 0
+    assert back["results"]["phase_timings"]["step_ms"]["median"] == rep["results"]["phase_timings"]["step_ms"]["median"]
 
 
 # --- DDP: torch.profiler traces -------------------------------------------------------------
@@ -638,7 +642,7 @@ def test_ddp_parsing_and_arithmetic_on_synthetic_events():
     assert late.recorded_end == 900 and late.end == 602 and late.clamped
     assert rows[(0, "BROADCAST", "forward", 0)].row == "broadcast 0 (forward: buffers)"
 
-    rep = build_ddp_report([tr])
+    rep = build_report([tr])
     c = rep["counts"]
     assert c["allreduce_calls"] == 3 and c["ops"] == {"ALLREDUCE": 3, "BROADCAST": 2} and c["steps"] == 2
     assert c["buckets_per_step"] == [1, 2] and c["forward_broadcasts"] == 2 and c["clamped_ends"] == 1
@@ -669,7 +673,7 @@ def test_ddp_parsing_and_arithmetic_on_synthetic_events():
 
 def test_ddp_ranks_waits_and_stragglers():
     r0, r1 = parse_torch_trace(torch_doc(0), "a.json"), parse_torch_trace(torch_doc(1, shift=30), "a.json.rank1")
-    rep = build_ddp_report([r1, r0])  # sorted by rank: rank 0's rows
+    rep = build_report([r1, r0])  # sorted by rank: rank 0's rows
     assert rep["file"] == "a.json" and [p["rank"] for p in rep["ranks"]] == [0, 1]
     rs = rep["ranks_summary"]
     assert rs["matched_calls"] == 5 and rs["last_rank"] == {"1": {"times": 5, "lag_ms_median": 0.03, "lag_ms_max": 0.03}}
@@ -680,7 +684,7 @@ def test_ddp_ranks_waits_and_stragglers():
     text = format_report(rep)
     assert "last to enter a collective (5 matched calls): rank 1 5x" in text and "ranks (each rank's trace" in text
     with pytest.raises(DataError, match="rank 0 is given twice"):
-        build_ddp_report([r0, parse_torch_trace(torch_doc(0), "b.json")])
+        build_report([r0, parse_torch_trace(torch_doc(0), "b.json")])
 
 
 def test_ddp_profiler_steps_and_python_frames_do_not_hide_the_wait():
@@ -704,7 +708,7 @@ def test_ddp_steps_without_optimizer_or_forward_markers():
     tr = parse_torch_trace(doc)
     assert tr.step_mode == "none" and [c.row for c in tr.calls] == ["broadcast 0", "allreduce 0", "allreduce 1",
                                                                      "allreduce 2", "broadcast 1"]
-    rep = build_ddp_report([tr])
+    rep = build_report([tr])
     assert "no step markers" in format_report(rep) and rep["comm"]["blocked_wall_ms"] is None
 
 
@@ -728,7 +732,7 @@ def test_ddp_format_facts_and_sizes():
                                 tid=9, cat="kernel"))
     tr = parse_torch_trace(doc)
     assert tr.source == "gpu" and [(c.op, c.phase) for c in tr.calls] == [("ALLREDUCE", "backward")]
-    assert build_ddp_report([tr])["tensors"][0]["blocked_ms"] is None
+    assert build_report([tr])["tensors"][0]["blocked_ms"] is None
 
 
 def test_real_ddp_trace_fixture():
@@ -736,12 +740,12 @@ def test_real_ddp_trace_fixture():
     assert isinstance(tr, TorchTrace) and tr.rank == 0 and tr.world_size == 2 and tr.pg_backend == "gloo"
     assert len(tr.steps) == 3 and tr.step_mode == "optimizer"
     results = load_results(DDP_RESULTS)
-    rep = build_ddp_report([tr], top=10, results=results, results_path=str(DDP_RESULTS))
+    rep = build_report([tr], top=10, results=results, results_path=str(DDP_RESULTS))
     c = rep["counts"]
     # 3 recorded steps x 2 gradient buckets (372 parameters, 0.0004 MiB buckets), and DDP's
     # broadcast of the graph operator buffer in every forward.
     assert c["allreduce_calls"] == 6 and c["buckets_per_step"] == [2] and c["ops"] == {"ALLREDUCE": 6, "BROADCAST": 3}
-    assert c["forward_broadcasts"] == 3 and c["steps"] == results["timeline"]["active_steps"] == 3
+    assert c["forward_broadcasts"] == 3 and c["steps"] == results.timeline.active_steps == 3
     assert {t["name"] for t in rep["tensors"]} == {"bucket 0", "bucket 1", "broadcast 0 (forward: buffers)"}
     for t in rep["tensors"]:
         assert t["calls"] == 3
@@ -763,7 +767,7 @@ def test_real_ddp_trace_fixture():
 
 
 def test_real_ddp_traces_of_both_ranks():
-    rep = build_ddp_report([load_trace(DDP_RANK1), load_trace(DDP)])
+    rep = build_report([load_trace(DDP_RANK1), load_trace(DDP)])
     assert rep["file"] == str(DDP) and [p["rank"] for p in rep["ranks"]] == [0, 1]
     assert rep["ranks_summary"]["matched_calls"] == 9
     assert sum(v["times"] for v in rep["ranks_summary"]["last_rank"].values()) == 9
@@ -775,7 +779,7 @@ def test_real_ddp_traces_of_both_ranks():
 
 
 def test_torch_traces_are_told_apart_from_horovod_timelines(tmp_path):
-    assert isinstance(load_trace(WINDOW), Trace)
+    assert isinstance(load_trace(WINDOW), HorovodTrace)
     with pytest.raises(DataError, match="a torch.profiler trace"):
         load_timeline(DDP)
     gz = tmp_path / "t.json.gz"
@@ -793,9 +797,9 @@ def test_torch_traces_are_told_apart_from_horovod_timelines(tmp_path):
 
 def test_ddp_png_chart(tmp_path):
     pytest.importorskip("matplotlib")
-    from hvd_stgnn.profiling.timeline_plot import plot_report
+    from hvd_stgnn.profiling.report_plot import plot_report
 
-    out = plot_report(build_ddp_report([load_trace(DDP), load_trace(DDP_RANK1)]), tmp_path / "ddp.png")
+    out = plot_report(build_report([load_trace(DDP), load_trace(DDP_RANK1)]), tmp_path / "ddp.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -831,17 +835,10 @@ def test_ddp_fixtures_are_small():
 @pytest.mark.slow
 def test_real_ddp_run_then_report(short_h5, tmp_path):
     """`train --backend ddp --timeline F --timeline-steps 2:3`: torch.profiler traces per rank."""
-    if not _train_has_timeline_flags():
-        pytest.skip("hvd-stgnn train has no --timeline-steps yet")
-    trace, results = tmp_path / "ddp.json", tmp_path / "r.json"
-    r = run_mpi(2, "train", "--data", str(short_h5), *TRAIN, "--backend", "ddp", "--fusion-threshold-mb", "0.0004",
-                "--timeline", str(trace), "--timeline-steps", "2:3", "--results", str(results), timeout=240)
-    assert r.returncode == 0, r.stdout + r.stderr
+    trace, results = _train_with_window(short_h5, tmp_path, "--backend", "ddp", "--fusion-threshold-mb", "0.0004")
     rank1 = Path(f"{trace}.rank1")
     assert trace.exists() and rank1.exists()
-    r = run_cli("timeline", str(trace), str(rank1), "--results", str(results), "--json")
-    assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout)
+    rep = _cli_report(trace, rank1, "--results", results)
     c = rep["counts"]
     assert c["steps"] == rep["results"]["timeline"]["active_steps"] == 3
     assert len(c["buckets_per_step"]) == 1 and c["buckets_per_step"][0] >= 1
@@ -851,6 +848,6 @@ def test_real_ddp_run_then_report(short_h5, tmp_path):
     for path in (trace, rank1):
         trimmed = tmp_path / ("trimmed_" + path.name)
         trimmed.write_text(json.dumps(_trim_torch_trace(json.loads(path.read_text()))))
-        full, cut = build_ddp_report([load_trace(path)]), build_ddp_report([load_trace(trimmed)])
+        full, cut = build_report([load_trace(path)]), build_report([load_trace(trimmed)])
         for key in ("counts", "activities", "tensors", "tensors_total", "comm", "phases"):
             assert full[key] == cut[key], key

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA, run_cli, run_mpi
+from helpers import SHARED_DATA, run_cli, run_mpi
 
 TRAIN = ["--model", "tgcn", "--hidden", "16", "--batch-size", "16", "--lr", "0.01"]
 

@@ -3,7 +3,7 @@
 #
 # 1. Open MPI from Debian when `mpirun` is missing.
 # 2. A virtual environment (.venv) with torch, mpi4py (built against the system MPI),
-#    h5py, torch-geometric, tqdm, matplotlib, pytest and this package (editable).
+#    h5py, torch-geometric, tqdm, matplotlib, tensorboard, pytest and this package (editable).
 # 3. Horovod 0.28.1 for PyTorch + MPI, built from the PyPI sdist with two fixes
 #    (C++17 for torch >= 2.1, CMAKE_POLICY_VERSION_MINIMUM for CMake 4), the wheel cached
 #    outside the repo keyed by Horovod, torch, Python, MPI and GPU settings.
@@ -24,7 +24,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 HOROVOD_VERSION=0.28.1
 CACHE="${HVD_STGNN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvd_stgnn}"
-DEPS=(numpy mpi4py h5py torch-geometric tqdm matplotlib pytest packaging setuptools wheel cmake tomli-w)
+DEPS=(numpy mpi4py h5py torch-geometric tqdm matplotlib tensorboard pytest packaging setuptools wheel cmake tomli-w)
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }

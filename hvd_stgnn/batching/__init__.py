@@ -1,7 +1,7 @@
 """Index-batching: window arithmetic, per-rank shards, normalization sums, one-gather batches."""
 
 from hvd_stgnn.batching.gather import Batch, WindowGather, time_of_day
-from hvd_stgnn.batching.normalize import input_moment_sums, input_multiplicity, stats_from_sums, valid_mask
+from hvd_stgnn.batching.normalize import Scaler, input_moment_sums, input_multiplicity, stats_from_sums
 from hvd_stgnn.batching.shards import balanced_range, epoch_order, num_batches, shard_range
 from hvd_stgnn.batching.windows import (
     StartRange,
@@ -14,6 +14,7 @@ from hvd_stgnn.batching.windows import (
 
 __all__ = [
     "Batch",
+    "Scaler",
     "StartRange",
     "StartSplit",
     "WindowGather",
@@ -27,7 +28,6 @@ __all__ = [
     "split_starts",
     "stats_from_sums",
     "time_of_day",
-    "valid_mask",
     "window_starts",
     "window_steps",
 ]

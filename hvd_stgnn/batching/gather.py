@@ -1,7 +1,7 @@
 """Build a batch from window starts with one gather on the raw series.
 
-The raw series is held once (on CPU a view of the loaded array, later node-shared memory;
-on GPU one device copy). A batch of B starts becomes a (B, L+H) index of steps and one
+The raw series is held once (on CPU a view of the node-shared array, or of the array this
+process read; on GPU one device copy). A batch of B starts becomes a (B, L+H) index of steps and one
 `index_select` of (B*(L+H), N) rows: no per-sample Python loop and no materialized windows.
 Normalization and time features are applied to the gathered rows only.
 """
@@ -13,14 +13,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SECONDS_PER_DAY = 86_400
+from hvd_stgnn.batching.normalize import Scaler
+from hvd_stgnn.data.dataset import SECONDS_PER_DAY, is_present, weekday
 
 
 @dataclass
 class Batch:
+    """A batch and its transform (as tsl's batches carry theirs): the model sees `x`, its
+    normalized output goes back to speeds with `scaler.inverse` before any metric."""
+
     x: torch.Tensor  # (B, L, N, F) normalized speed, time of day [, day of week]
     y: torch.Tensor  # (B, H, N) raw target speed
     mask: torch.Tensor  # (B, H, N) bool, True where the target reading is present
+    scaler: Scaler
+
+    def normalized_targets(self) -> torch.Tensor:
+        """(B, H, N) normalized targets, 0 (the training mean) where missing: the ground truth
+        a sequence-to-sequence decoder is fed under teacher forcing."""
+        return self.scaler.transform(self.y).masked_fill(~self.mask, 0.0)
 
 
 def time_of_day(timestamps: np.ndarray) -> np.ndarray:
@@ -29,9 +39,8 @@ def time_of_day(timestamps: np.ndarray) -> np.ndarray:
 
 
 def day_of_week(timestamps: np.ndarray) -> np.ndarray:
-    """Day of week / 7 in [0, 1), Monday = 0 (1970-01-01 was a Thursday): (T,) float32."""
-    days = np.asarray(timestamps, dtype=np.int64) // SECONDS_PER_DAY
-    return (((days + 3) % 7) / 7.0).astype(np.float32)
+    """Day of week / 7 in [0, 1), Monday = 0: (T,) float32."""
+    return (weekday(timestamps) / 7.0).astype(np.float32)
 
 
 class WindowGather:
@@ -64,8 +73,7 @@ class WindowGather:
         self.num_features = 1 + len(time_features)
         self.input_steps = input_steps
         self.horizon = horizon
-        self.mean = mean
-        self.std = std
+        self.scaler = Scaler(mean, std)
         self.step_offset = step_offset
         self._offsets = torch.arange(input_steps + horizon, device=self.device)
 
@@ -86,12 +94,12 @@ class WindowGather:
         window = self.series.index_select(0, steps.reshape(-1)).view(-1, L + H, N)
 
         inputs, y = window[:, :L], window[:, L:]
-        present = torch.isfinite(inputs) & (inputs != 0)
+        present = is_present(inputs)
         # Missing inputs become 0 after normalization, i.e. the training mean.
-        speed = torch.where(present, (inputs - self.mean) / self.std, torch.zeros((), device=self.device))
+        speed = torch.where(present, self.scaler.transform(inputs), torch.zeros((), device=self.device))
         time = self.time_features[steps[:, :L]]  # (B, L, 1|2), broadcast over sensors
         x = torch.cat([speed[..., None], time[:, :, None, :].expand(-1, -1, N, -1)], dim=-1)
 
-        mask = torch.isfinite(y) & (y != 0)
+        mask = is_present(y)
         y = torch.where(mask, y, torch.zeros((), device=self.device))
-        return Batch(x=x, y=y, mask=mask)
+        return Batch(x=x, y=y, mask=mask, scaler=self.scaler)

@@ -11,9 +11,12 @@ the three numbers gives the global statistics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from hvd_stgnn.batching.windows import StartRange
+from hvd_stgnn.data.dataset import is_present
 
 
 def input_multiplicity(starts: StartRange, input_steps: int) -> tuple[int, np.ndarray]:
@@ -26,11 +29,6 @@ def input_multiplicity(starts: StartRange, input_steps: int) -> tuple[int, np.nd
     first = np.maximum(0, t - input_steps + 1)  # earliest start whose input holds t
     last = np.minimum(t, starts.count - 1)  # latest start whose input holds t
     return t0, (last - first + 1).astype(np.float64)
-
-
-def valid_mask(values: np.ndarray) -> np.ndarray:
-    """True where a reading is present (finite and not the 0.0 missing marker)."""
-    return np.isfinite(values) & (values != 0)
 
 
 def input_moment_sums(series: np.ndarray, starts: StartRange, input_steps: int, step_offset: int = 0,
@@ -48,12 +46,29 @@ def input_moment_sums(series: np.ndarray, starts: StartRange, input_steps: int, 
     for lo in range(0, len(weights), chunk):
         hi = min(len(weights), lo + chunk)
         block = np.asarray(series[t0 - step_offset + lo : t0 - step_offset + hi], dtype=np.float64)
-        valid = valid_mask(block)
+        valid = is_present(block)
         x = np.where(valid, block, 0.0)
         w = weights[lo:hi, None] * valid
         wx = w * x
         sums += [w.sum(), wx.sum(), (wx * x).sum()]
     return sums
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """The z-score of speeds that a batch source applies and a prediction undoes: models see
+    and predict normalized speeds, metrics compare raw ones."""
+
+    mean: float
+    std: float
+
+    def transform(self, x):
+        """Raw speeds -> normalized (any shape)."""
+        return (x - self.mean) / self.std
+
+    def inverse(self, z):
+        """Normalized (e.g. a model's output (B, H, N)) -> raw speeds."""
+        return z * self.std + self.mean
 
 
 def stats_from_sums(sums: np.ndarray) -> tuple[float, float]:

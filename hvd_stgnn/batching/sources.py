@@ -65,6 +65,11 @@ class BatchSource:
         self.mine = mine  # the starts this rank may draw
 
     @property
+    def scaler(self):
+        """The normalization its batches carry (batching/normalize.py Scaler)."""
+        return self.gather.scaler
+
+    @property
     def num_features(self) -> int:
         return self.gather.num_features
 
@@ -144,7 +149,7 @@ class MaterializedSource(BatchSource):
 
     def __call__(self, starts: torch.Tensor) -> Batch:
         i = torch.as_tensor(starts, dtype=torch.int64, device=self.x.device) - self.split.start
-        return Batch(x=self.x[i], y=self.y[i], mask=self.mask[i])
+        return Batch(x=self.x[i], y=self.y[i], mask=self.mask[i], scaler=self.scaler)
 
 
 def build_sources(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
 import os
 import platform
 import shlex
@@ -42,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 from hvd_stgnn.errors import ConfigError, UserError
+from hvd_stgnn.results import Results, ResultsFileError
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "jobs" / "local.sh"
@@ -135,11 +135,11 @@ def default_threads(np_: int, cores: int) -> int:
     return max(1, cores // np_)
 
 
-def row_from_results(variant: Variant, np_: int, results: dict, wall_seconds: float) -> dict:
-    """One job's row from the trainer's results JSON plus the parent's wall clock."""
-    timing, memory = results["timing"], results["memory"]
-    per_rank = memory["per_rank"]
-    epochs = results["epochs"]
+def row_from_results(variant: Variant, np_: int, results: Results | dict, wall_seconds: float) -> dict:
+    """One job's row from the trainer's results (read through the results.py schema; a dict
+    is checked against it first) plus the parent's wall clock."""
+    res = results if isinstance(results, Results) else Results.from_dict(results)
+    per_rank = res.memory.per_rank
     return {
         "name": variant.name,
         "backend": variant.backend,
@@ -147,14 +147,14 @@ def row_from_results(variant: Variant, np_: int, results: dict, wall_seconds: fl
         "np": np_,
         "repeats": 1,
         "end_to_end_seconds": float(wall_seconds),
-        "prepare_seconds": float(timing["prepare_seconds"]),
-        "epoch_seconds_median": float(timing["epoch_seconds_median"]),
-        "samples_per_second": float(timing["samples_per_second"]),
-        "peak_rss_bytes": max(int(r["peak_rss_bytes"]) for r in per_rank),
-        "node_memory_bytes": int(memory["max_node_pss_peak_bytes"]),
-        "data_bytes_per_rank": max(int(b) for b in results["batching"]["device_bytes_per_rank"]),
-        "gpu_peak_bytes": max(int(r.get("cuda_peak_bytes") or 0) for r in per_rank),
-        "final_val_mae": float(epochs[-1]["val_mae"]) if epochs else float("nan"),
+        "prepare_seconds": res.timing.prepare_seconds,
+        "epoch_seconds_median": res.timing.epoch_seconds_median,
+        "samples_per_second": res.timing.samples_per_second,
+        "peak_rss_bytes": max(r.peak_rss_bytes for r in per_rank),
+        "node_memory_bytes": res.memory.max_node_pss_peak_bytes,
+        "data_bytes_per_rank": max(int(b) for b in res.batching.device_bytes_per_rank),
+        "gpu_peak_bytes": max(r.cuda_peak_bytes for r in per_rank),
+        "final_val_mae": res.epochs[-1].val_mae if res.epochs else float("nan"),
     }
 
 
@@ -486,8 +486,8 @@ def run_matrix(settings: Settings, nps: list[int], repeats: int, out: Path,
             print(" failed", file=progress, flush=True)
             raise
         try:
-            row = row_from_results(variant, np_, json.loads(results.read_text()), seconds)
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            row = row_from_results(variant, np_, Results.read(results), seconds)
+        except (ResultsFileError, ValueError, KeyError, TypeError) as exc:
             print(" failed", file=progress, flush=True)
             raise UserError(f"job {label}: no usable results in {results} ({type(exc).__name__}: {exc}) "
                             f"| command: {shlex.join(cmd)} | full stdout/stderr: {raw / (stem + '.log')}") from None

@@ -13,11 +13,19 @@ import time
 import torch
 
 from hvd_stgnn.data.synthetic import SyntheticTraffic
+from hvd_stgnn.errors import ConfigError
 from hvd_stgnn.models import MODELS, ModelInputs, build_model
 
 
+# Hidden units per model unless --hidden says otherwise: the trainer's default, except that
+# the A3T-GCN target is stated for hidden 32.
+DEFAULT_HIDDEN = 64
+HIDDEN: dict[str, int] = {"a3tgcn": 32}
+
+
 def step_ms(name: str, num_nodes: int, batch_size: int = 64, input_steps: int = 12, horizon: int = 12,
-            hidden: int = 64, graph_mode: str = "auto", steps: int = 5, warmup: int = 2, seed: int = 0) -> dict:
+            hidden: int = DEFAULT_HIDDEN, graph_mode: str = "auto", steps: int = 5, warmup: int = 2, seed: int = 0) -> dict:
+    """Median ms of one training step of model `name` after `warmup` steps, and its shape."""
     torch.manual_seed(seed)
     net = SyntheticTraffic(num_nodes, 1, seed=seed).network
     model = build_model(name, ModelInputs(
@@ -50,14 +58,39 @@ def step_ms(name: str, num_nodes: int, batch_size: int = 64, input_steps: int = 
     }
 
 
-def run(models: list[str], nodes: list[int], batch_size: int, hidden: dict[str, int], large_batch_size: int,
-        steps: int) -> list[dict]:
+def parse_models(text: str) -> list[str]:
+    """--models 'tgcn,dcrnn' -> the names; '' -> every registered model."""
+    names = text.split(",") if text else list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {unknown} (choose from {', '.join(MODELS)})")
+    return names
+
+
+def parse_hidden(text: str) -> dict[str, int]:
+    """--hidden 'tgcn=64,a3tgcn=32' -> hidden units per model, over the defaults (HIDDEN)."""
+    hidden = dict(HIDDEN)
+    for item in filter(None, text.split(",")):
+        name, _, size = item.partition("=")
+        if name not in MODELS:
+            raise ConfigError(f"--hidden: unknown model {name!r} in {text!r} (expected MODEL=SIZE,..., "
+                              f"MODEL one of {', '.join(MODELS)})")
+        try:
+            hidden[name] = int(size)
+        except ValueError:
+            raise ConfigError(f"--hidden: {item!r} is not MODEL=SIZE with a whole number SIZE") from None
+    return hidden
+
+
+def run(models: str, nodes: list[int], batch_size: int, hidden: str, large_batch_size: int, steps: int) -> list[dict]:
+    """One row per (sensor count, model). `models` and `hidden` are the --models and --hidden
+    texts (parse_models, parse_hidden); N > 2048 uses the sparse path and `large_batch_size`."""
+    names, sizes = parse_models(models), parse_hidden(hidden)
     rows = []
     for n in nodes:
         large = n > 2048
-        for name in models:
-            if name not in MODELS:
-                raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
-            rows.append(step_ms(name, n, large_batch_size if large else batch_size, hidden=hidden.get(name, 64),
-                                graph_mode="sparse" if large else "auto", steps=steps))
+        for name in names:
+            rows.append(step_ms(name, n, large_batch_size if large else batch_size,
+                                hidden=sizes.get(name, DEFAULT_HIDDEN), graph_mode="sparse" if large else "auto",
+                                steps=steps))
     return rows

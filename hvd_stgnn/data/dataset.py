@@ -6,6 +6,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SECONDS_PER_DAY = 86_400
+
+
+def is_present(values):
+    """True where a reading is present: finite and not 0.0, the missing marker of every
+    format we read (docs/data-format.md). numpy arrays and torch tensors alike."""
+    finite = values.isfinite() if hasattr(values, "isfinite") else np.isfinite(values)
+    return finite & (values != 0)
+
+
+def weekday(timestamps) -> np.ndarray:
+    """Day of the week of int64 seconds since the epoch (UTC), Monday = 0: 1970-01-01 was a
+    Thursday (3)."""
+    return (np.asarray(timestamps, dtype=np.int64) // SECONDS_PER_DAY + 3) % 7
+
 
 @dataclass
 class TrafficData:

@@ -18,7 +18,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from hvd_stgnn.data.dataset import TrafficData
+from hvd_stgnn.data.dataset import TrafficData, is_present
 from hvd_stgnn.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -218,7 +218,7 @@ def scan_missing(path: str | os.PathLike, slab_bytes: int = 256 << 20) -> tuple[
             block = dset[t0:t1]
             finite = np.isfinite(block)
             nonfinite += int(block.size - np.count_nonzero(finite))
-            missing += int(block.size - np.count_nonzero(finite & (block != 0)))
+            missing += int(block.size - np.count_nonzero(is_present(block)))
         return (missing / (T * N) if T * N else 0.0), nonfinite
 
 

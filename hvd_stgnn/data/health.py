@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hvd_stgnn.data.dataset import is_present
+
 STORM_SHARE = 0.5  # a step is in a storm when more than this share of sensors is missing
 CONSTANT_STD = 1e-3  # mph: a sensor whose valid readings vary less than this is stuck
 
@@ -25,7 +27,7 @@ def health_sums(speed: np.ndarray, lo: int, hi: int, chunk: int = 1024) -> tuple
     missing_per_step = np.zeros(max(0, hi - lo), dtype=np.float64)
     for t0 in range(lo, hi, chunk):
         block = np.asarray(speed[t0 : min(hi, t0 + chunk)], dtype=np.float64)
-        valid = np.isfinite(block) & (block != 0)
+        valid = is_present(block)
         values = np.where(valid, block, 0.0)
         per_sensor[0] += valid.sum(axis=0)
         per_sensor[1] += values.sum(axis=0)

@@ -1,7 +1,8 @@
 """Importers: convert published traffic-data formats into a `TrafficData` (docs/importers.md).
 
 Each importer is a pure function taking keyword arguments and returning a `TrafficData`;
-the caller writes it with `write_dataset`. Bad input raises `DataError` (a file's content)
+the caller writes it with `write_dataset`. `IMPORTERS` (at the end) names each format's
+function and the `data import` flags it reads, so the CLI needs no per-format code. Bad input raises `DataError` (a file's content)
 or `ConfigError` (a flag's value) with one line naming the file or flag and the problem.
 
     dcrnn-h5  pandas HDF5 speeds (T, N) + DCRNN pickle (sensor_ids, sensor_id_to_ind, adj (N, N))
@@ -20,9 +21,10 @@ import pickle
 import re
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -348,8 +350,51 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable .npy file ({exc})") from None
 
 
-IMPORTERS: dict[str, Callable[..., TrafficData]] = {
-    "dcrnn-h5": import_dcrnn_h5,
-    "tgcn-csv": import_tgcn_csv,
-    "pgt-npy": import_pgt_npy,
+# --- the registry ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportOption:
+    """A `data import` flag that some importers read, and the keyword they take it as.
+
+    Declared once here because several formats share a flag (--start, --interval); the CLI
+    (data/cli.py) adds each to the parser, prefixing its help with the formats that read it.
+    """
+
+    keyword: str  # the importer function's parameter
+    help: str
+    default: Any = None  # False: a switch (store_true)
+    type: Callable[[str], Any] | None = None  # None: the string as given
+    required_because: str = ""  # the reason an importer that requires it gives when it is missing
+
+
+IMPORT_OPTIONS: dict[str, ImportOption] = {
+    "--key": ImportOption("key", "HDF5 group, 'df' or 'speed' (default: whichever exists)"),
+    "--fill-gaps": ImportOption("fill_gaps", "fill skipped time steps with NaN (PEMS-BAY's DST gap)", default=False),
+    "--start": ImportOption("start", "time of the first step, 'YYYY-MM-DD HH:MM' (UTC wall-clock)", default="",
+                            required_because="the files carry no timestamps"),
+    "--interval": ImportOption("interval_s", "seconds per step (default: 300)", default=300, type=int),
+    "--feature": ImportOption("feature", "feature index of speed (default: 0)", default=0, type=int),
+}
+
+
+@dataclass(frozen=True)
+class Importer:
+    """One input format: its function, the IMPORT_OPTIONS flags it reads and those it requires.
+
+    Callable like its function: `IMPORTERS[fmt](speed_path, graph_path, **kwargs)`.
+    """
+
+    function: Callable[..., TrafficData]
+    options: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+
+    def __call__(self, speed_path: PathLike, graph_path: PathLike, **kwargs: Any) -> TrafficData:
+        return self.function(speed_path, graph_path, **kwargs)
+
+
+IMPORTERS: dict[str, Importer] = {
+    "dcrnn-h5": Importer(import_dcrnn_h5, options=("--key", "--fill-gaps")),
+    "tgcn-csv": Importer(import_tgcn_csv, options=("--start", "--interval"), required=("--start",)),
+    "pgt-npy": Importer(import_pgt_npy, options=("--start", "--interval", "--feature"), required=("--start",)),
 }

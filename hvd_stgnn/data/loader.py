@@ -18,7 +18,7 @@ import numpy as np
 
 from hvd_stgnn.data.dataset import TrafficData
 from hvd_stgnn.data.hdf5 import read_dataset, read_metadata, read_speed_into
-from hvd_stgnn.errors import DataError, UserError
+from hvd_stgnn.errors import DataError, root_verdict
 
 
 @dataclass
@@ -37,17 +37,8 @@ class LoadReport:
 
 
 def _agree(comm, work):
-    """Run `work()` on rank 0 and broadcast its result or its UserError to every rank."""
-    verdict = None
-    if comm.rank == 0:
-        try:
-            verdict = ("ok", work())
-        except UserError as exc:
-            verdict = ("error", str(exc))
-    status, value = comm.bcast(verdict, root=0)
-    if status == "error":
-        raise DataError(value, all_ranks=True)
-    return value
+    """`work()` on rank 0, its result or its DataError on every rank (errors.root_verdict)."""
+    return root_verdict(work, comm.rank == 0, lambda obj: comm.bcast(obj, root=0))
 
 
 def load_local(path) -> tuple[TrafficData, LoadReport]:

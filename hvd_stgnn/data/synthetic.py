@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hvd_stgnn.data.dataset import TrafficData
+from hvd_stgnn.data.dataset import TrafficData, weekday
 
 STEPS_PER_DAY_5MIN = 288
 # 2024-01-01 00:00:00 UTC, a Monday.
@@ -158,15 +158,15 @@ class SyntheticTraffic:
         last_min = self._offset_min + (self.num_steps - 1) * self._step_min
         num_days = int(last_min // 1440) + 1
         self._num_days = num_days
-        start_dow = int(((self.start // 86_400) + 3) % 7)  # 1970-01-01 was a Thursday (3)
+        start_dow = int(weekday(self.start))
 
         self.free_flow = rng.uniform(60.0, 70.0, size=self.num_nodes)
         severity = rng.uniform(0.45, 0.75, size=num_corridors)
         queue_km = rng.uniform(4.0, 10.0, size=num_corridors)
         day_amplitude = rng.uniform(0.7, 1.2, size=(num_corridors, num_days))
-        weekday = ((np.arange(num_days) + start_dow) % 7) < 5
+        workday = ((np.arange(num_days) + start_dow) % 7) < 5
         # (corridors, days) commute amplitude including the weekday/weekend factor.
-        self._day_factor = day_amplitude * np.where(weekday, 1.0, 0.3)[None, :]
+        self._day_factor = day_amplitude * np.where(workday, 1.0, 0.3)[None, :]
 
         self._delay_min = net.to_bottleneck_km / WAVE_KMH * 60.0  # (N,)
         reach = np.exp(-net.to_bottleneck_km / queue_km[net.corridor])

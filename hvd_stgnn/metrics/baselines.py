@@ -12,9 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hvd_stgnn.batching.normalize import valid_mask
-
-SECONDS_PER_DAY = 86_400
+from hvd_stgnn.data.dataset import SECONDS_PER_DAY, is_present, weekday
 
 
 def persistence(raw_inputs: torch.Tensor, horizon: int, fallback: float) -> torch.Tensor:
@@ -22,7 +20,7 @@ def persistence(raw_inputs: torch.Tensor, horizon: int, fallback: float) -> torc
     last = torch.full_like(raw_inputs[:, 0], fallback)
     for t in range(raw_inputs.shape[1]):  # forward fill over L steps (L is small)
         step = raw_inputs[:, t]
-        last = torch.where(torch.isfinite(step) & (step != 0), step, last)
+        last = torch.where(is_present(step), step, last)
     return last[:, None].expand(-1, horizon, -1)
 
 
@@ -33,8 +31,7 @@ def slots_of(timestamps: np.ndarray, interval_s: int, weekly: bool) -> tuple[np.
     slot = (ts % SECONDS_PER_DAY) // interval_s
     if not weekly:
         return slot, per_day
-    day = (ts // SECONDS_PER_DAY + 3) % 7  # Monday = 0 (1970-01-01 was a Thursday)
-    return day * per_day + slot, 7 * per_day
+    return weekday(ts) * per_day + slot, 7 * per_day
 
 
 def slot_sums(series: np.ndarray, slots: np.ndarray, num_slots: int, t0: int, t1: int,
@@ -45,7 +42,7 @@ def slot_sums(series: np.ndarray, slots: np.ndarray, num_slots: int, t0: int, t1
     for lo in range(t0, t1, chunk):
         hi = min(t1, lo + chunk)
         block = np.asarray(series[lo:hi], dtype=np.float64)
-        valid = valid_mask(block)
+        valid = is_present(block)
         index = torch.from_numpy(np.ascontiguousarray(slots[lo:hi], dtype=np.int64))
         out[0].index_add_(0, index, torch.from_numpy(np.where(valid, block, 0.0)))
         out[1].index_add_(0, index, torch.from_numpy(valid.astype(np.float64)))

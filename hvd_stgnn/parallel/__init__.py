@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 from hvd_stgnn.parallel.base import Backend, SingleProcessBackend
-from hvd_stgnn.parallel.launcher import launcher_local_rank, launcher_rank, launcher_size, under_launcher
+from hvd_stgnn.parallel.collective import run_collectively, run_on_root
+from hvd_stgnn.parallel.launcher import launcher_local_rank, launcher_rank, launcher_size
 
 
 def _horovod(parallel=None, timeline: bool = False) -> Backend:
@@ -49,5 +50,6 @@ __all__ = [
     "launcher_rank",
     "launcher_size",
     "make_backend",
-    "under_launcher",
+    "run_collectively",
+    "run_on_root",
 ]

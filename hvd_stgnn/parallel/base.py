@@ -1,10 +1,12 @@
 """The small interface the trainer uses for everything distributed.
 
-The trainer never imports Horovod or torch.distributed; it holds a `Backend` and calls:
-rank/size/local_rank/local_size, `allreduce_sum`, `broadcast_state`, `broadcast_object`,
-`wrap_optimizer`, `finish_gradients` + `step`, `any_rank`, `allgather_object`,
-`start_timeline`/`stop_timeline`, `abort`. Implementations: `SingleProcessBackend` (here)
-and `HorovodBackend` (horovod_backend.py); DDP comes later behind the same interface.
+The trainer never imports Horovod, torch.distributed or mpi4py; it holds a `Backend` and
+calls: rank/size/local_rank/local_size, `load_dataset`, `allreduce_sum`, `broadcast_state`,
+`broadcast_object`, `allgather_object`, `wrap_model`, `wrap_optimizer`, `accumulate`,
+`finish_gradients` + `step`, `any_rank`, `start_timeline`/`stop_timeline`, `abort`,
+`shutdown`. Implementations: `SingleProcessBackend` (here), `HorovodBackend`
+(horovod_backend.py) and `DDPBackend` (ddp_backend.py). collective.py builds the job-wide
+agreement helpers on top of this interface.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class Backend:
     """Interface; every method is collective where it says so (all ranks must call it)."""
 
     name = "abstract"
-    comm = None  # the mpi4py world communicator, or None without MPI
+    _comm = None  # the mpi4py world communicator (MPI launches only); stays inside parallel/
     rank = 0
     size = 1
     local_rank = 0
@@ -29,6 +31,22 @@ class Backend:
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    def load_dataset(self, path):
+        """Collective: (TrafficData, NodeSharedArray or None, LoadReport) for the HDF5 file.
+
+        Under MPI, world rank 0 reads the file once and every node holds one shared copy
+        (data/loader.py); the NodeSharedArray is freed collectively when done. Without MPI
+        (one process, or torchrun) this process reads the file itself.
+        """
+        from hvd_stgnn.data.loader import load_local, load_node_shared
+
+        if self._comm is None:
+            data, report = load_local(path)
+            return data, None, report
+        from hvd_stgnn.data.shared import ranks_per_node_override
+
+        return load_node_shared(path, self._comm, ranks_per_node_override())
 
     def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Collective: element-wise sum over ranks (returns a new tensor)."""

@@ -43,19 +43,19 @@ class DDPBackend(Backend):
         self.local_rank, self.local_size = launcher_local_rank(), launcher_local_size()
         self.device_type = "cuda" if torch.cuda.is_available() else "cpu"
         pg_backend = "nccl" if self.device_type == "cuda" else "gloo"
-        timeout = datetime.timedelta(seconds=float(os.environ.get("HVD_STGNN_DDP_TIMEOUT_S", "600")))
+        timeout = datetime.timedelta(seconds=parallel.ddp_timeout_s if parallel is not None else 600.0)
         if under_torchrun():
             dist.init_process_group(pg_backend, timeout=timeout)  # env:// from torchrun
         else:
             from mpi4py import MPI
 
-            self.comm = MPI.COMM_WORLD
+            self._comm = MPI.COMM_WORLD
             self._mpi = MPI
-            self.rank, self.size = self.comm.rank, self.comm.size
+            self.rank, self.size = self._comm.rank, self._comm.size
             addr = None
             if self.rank == 0:
                 addr = (os.environ.get("MASTER_ADDR") or socket.gethostname(), int(os.environ.get("MASTER_PORT") or _free_port()))
-            host, port = self.comm.bcast(addr, root=0)
+            host, port = self._comm.bcast(addr, root=0)
             dist.init_process_group(pg_backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
                                     world_size=self.size, timeout=timeout)
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
@@ -83,8 +83,8 @@ class DDPBackend(Backend):
         return out
 
     def any_rank(self, flag: bool) -> bool:
-        if self.comm is not None:
-            return bool(self.comm.allreduce(int(flag), op=self._mpi.MAX))
+        if self._comm is not None:
+            return bool(self._comm.allreduce(int(flag), op=self._mpi.MAX))
         return super().any_rank(flag)
 
     # --- model and optimizer ---------------------------------------------------------
@@ -144,8 +144,8 @@ class DDPBackend(Backend):
         self._profiler = None
 
     def abort(self, code: int = 1) -> None:
-        if self.comm is not None:
-            self.comm.Abort(code)
+        if self._comm is not None:
+            self._comm.Abort(code)
         os._exit(code)
 
     def shutdown(self) -> None:

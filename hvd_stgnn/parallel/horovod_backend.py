@@ -50,7 +50,7 @@ class HorovodBackend(Backend):
             raise RuntimeError("Horovod was initialised without MPI; rebuild it with HOROVOD_WITH_MPI=1 (tools/setup.sh)")
         self._hvd = hvd
         self._mpi = MPI
-        self.comm = MPI.COMM_WORLD
+        self._comm = MPI.COMM_WORLD
         self.rank = hvd.rank()
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
@@ -97,7 +97,7 @@ class HorovodBackend(Backend):
 
     def any_rank(self, flag: bool) -> bool:
         # Plain MPI on our communicator: microseconds, no Horovod negotiation cycle.
-        return bool(self.comm.allreduce(int(flag), op=self._mpi.MAX))
+        return bool(self._comm.allreduce(int(flag), op=self._mpi.MAX))
 
     # A fixed name: Horovod names these collectives after type(obj) by default, and ranks
     # passing different types (rank 0 a checkpoint, the others None) then never match up.
@@ -114,7 +114,7 @@ class HorovodBackend(Backend):
         self._hvd.stop_timeline()
 
     def abort(self, code: int = 1) -> None:
-        self.comm.Abort(code)
+        self._comm.Abort(code)
 
     def shutdown(self) -> None:
         self._hvd.shutdown()

@@ -50,11 +50,6 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and not any(v in os.environ for v in _MPI_VARS))
 
 
-def under_launcher() -> bool:
-    """True when started by an MPI/Slurm launcher (even with a single rank)."""
-    return any(name in os.environ for name in _RANK_VARS)
-
-
 def launcher_name() -> str:
     """Which launcher started this process: srun, mpirun, mpiexec (PBS PALS / MPICH Hydra),
     torchrun or none. Read from the environment the launcher gave the process (os.environ

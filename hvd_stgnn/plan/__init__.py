@@ -3,7 +3,7 @@
 - `hvd_stgnn.plan.estimate.estimate(inputs, T, N, E, world_size, ranks_per_node) -> Plan`:
   the arithmetic (plus a small measured activation probe, plan/activations.py);
 - `check_fits(cfg, ...)`: the trainer's pre-load check (ConfigError when it cannot fit);
-- `hvd_stgnn.plan.cli.add_plan_parser(subparsers)`: the `hvd-stgnn plan` subcommand.
+- `hvd_stgnn.plan.cli.add_parsers(subcommands)`: the `hvd-stgnn plan` subcommand.
 
 (`estimate` the function is not re-exported here: `hvd_stgnn.plan.estimate` stays the module.)
 """

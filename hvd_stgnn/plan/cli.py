@@ -174,7 +174,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if fits else 1
 
 
-def add_plan_parser(subparsers) -> argparse.ArgumentParser:
+def add_parsers(subparsers) -> argparse.ArgumentParser:
     """Add the `plan` subcommand (func=cmd_plan) to hvd-stgnn's subparsers."""
     from hvd_stgnn.config import DataConfig, ModelConfig, TrainConfig
     from hvd_stgnn.data.synthetic import PRESETS

@@ -6,7 +6,10 @@ mapping it, so the sum of PSS over a node's ranks is the node's real footprint.
 from __future__ import annotations
 
 import resource
+import socket
 from dataclasses import dataclass
+
+from hvd_stgnn.results import RankMemory
 
 
 @dataclass
@@ -67,3 +70,27 @@ def process_pss_bytes() -> int:
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (ru_maxrss, KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class MemoryMonitor:
+    """One rank's memory over a job: PSS sampled where the caller asks (after loading, after
+    each epoch: PSS has no kernel-kept peak), the kernel's peak RSS, and the CUDA allocator's
+    peak on a GPU."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.pss_peak = 0
+
+    def sample(self) -> int:
+        pss = process_pss_bytes()
+        self.pss_peak = max(self.pss_peak, pss)
+        return pss
+
+    def record(self) -> RankMemory:
+        cuda = 0
+        if self.device.type == "cuda":
+            import torch
+
+            cuda = torch.cuda.max_memory_allocated(self.device)
+        return RankMemory(host=socket.gethostname(), peak_rss_bytes=peak_rss_bytes(), pss_peak_bytes=self.pss_peak,
+                          cuda_peak_bytes=cuda)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from hvd_stgnn.results import TimelineInfo
+
 
 class TimelineWindow:
     def __init__(self, backend, path: str, warmup: int, active: int, mark_cycles: bool) -> None:
@@ -15,7 +17,7 @@ class TimelineWindow:
         self.first, self.active, self.mark_cycles = warmup, active, mark_cycles
         self.recording = False
         self.t0 = 0.0
-        self.info: dict | None = None
+        self.info: TimelineInfo | None = None  # once the window has been recorded
 
     def before_step(self, job_step: int) -> None:
         if self.path and job_step == self.first and self.info is None:
@@ -33,9 +35,5 @@ class TimelineWindow:
         seconds = time.perf_counter() - self.t0  # before stopping: DDP's trace export is not step time
         self.backend.stop_timeline()
         self.recording = False
-        self.info = {
-            "file": self.path,
-            "first_step": self.first,
-            "active_steps": job_step - self.first,
-            "window_seconds": seconds,
-        }
+        self.info = TimelineInfo(file=self.path, first_step=self.first, active_steps=job_step - self.first,
+                                 window_seconds=seconds)

@@ -1,6 +1,7 @@
 """Everything a rank does before its first step: load, split, normalize, build sources.
 
-1. the series: node-shared under MPI (rank 0 reads, one copy per node), local otherwise;
+1. the series (Backend.load_dataset): node-shared under MPI (rank 0 reads, one copy per
+   node), this process's own copy otherwise;
 2. train/val/test starts, checked against the world size (every rank alike);
 3. exact z-score statistics of the training inputs: each rank sums its balanced share of
    the training starts, one allreduce of three numbers;
@@ -17,12 +18,12 @@ import numpy as np
 import torch
 
 from hvd_stgnn.batching import StartRange, StartSplit, balanced_range, input_moment_sums, num_windows, shard_range
-from hvd_stgnn.batching import split_starts, stats_from_sums
+from hvd_stgnn.batching import Scaler, split_starts, stats_from_sums
 from hvd_stgnn.batching.sources import BatchingSpec, BatchSource, build_sources
 from hvd_stgnn.config import Config
 from hvd_stgnn.data.dataset import TrafficData
 from hvd_stgnn.data.health import Health, health_sums, summarize_health
-from hvd_stgnn.data.loader import LoadReport, load_local, load_node_shared
+from hvd_stgnn.data.loader import LoadReport
 from hvd_stgnn.errors import ConfigError, DataError
 from hvd_stgnn.parallel import Backend
 
@@ -32,8 +33,7 @@ class RankData:
     data: TrafficData  # speed: the node-shared (or local) raw series
     splits: dict[str, StartRange]
     sources: dict[str, BatchSource]
-    mean: float
-    std: float
+    scaler: Scaler  # z-score of the training inputs; the sources' batches carry it
     load: LoadReport
     shared: object | None  # NodeSharedArray to free at the end, or None
     health: Health | None = None  # what the training span hides (data/health.py)
@@ -59,6 +59,19 @@ def preflight(cfg: Config) -> None:
             raise ConfigError(f"--results {cfg.train.results}: directory {existing} is not writable")
 
 
+def memory_plan(cfg: Config, backend: Backend, device: torch.device) -> str:
+    """Rank 0, before anything is loaded: this run's memory per node and rank (hvd_stgnn/plan)
+    as one line; a ConfigError with the numbers when it cannot fit."""
+    from hvd_stgnn.data.hdf5 import read_metadata
+    from hvd_stgnn.plan import check_fits
+    from hvd_stgnn.plan.estimate import fmt_bytes
+
+    meta = read_metadata(cfg.data.path)
+    plan = check_fits(cfg, meta.num_steps, meta.num_nodes, meta.num_edges, backend.size, backend.local_size,
+                      device.type, interval_s=meta.interval_s)
+    return f"node {fmt_bytes(plan.node_bytes)} predicted ({backend.local_size} rank(s) per node; --no-memory-check to skip)"
+
+
 def plan_splits(cfg: Config, num_steps: int, world_size: int) -> StartSplit:
     """Train/val/test starts; a UserError when the series cannot feed `world_size` ranks."""
     try:
@@ -80,17 +93,8 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def _load(cfg: Config, backend: Backend):
-    if backend.comm is None:
-        data, report = load_local(cfg.data.path)
-        return data, None, report
-    from hvd_stgnn.data.shared import ranks_per_node_override  # imports mpi4py: MPI runs only
-
-    return load_node_shared(cfg.data.path, backend.comm, ranks_per_node_override())
-
-
 def prepare(cfg: Config, backend: Backend, device: torch.device, log) -> RankData:
-    data, shared, report = _load(cfg, backend)
+    data, shared, report = backend.load_dataset(cfg.data.path)
     log(
         f"load: rank 0 read {report.data_bytes / 1e6:.1f} MB in {report.read_seconds:.2f} s "
         f"({report.read_mb_per_s:.0f} MB/s), broadcast to {report.num_nodes} node(s) in "
@@ -112,7 +116,7 @@ def prepare(cfg: Config, backend: Backend, device: torch.device, log) -> RankDat
         data.speed, data.timestamps, split.as_dict(), spec, backend.rank, backend.size, cfg.train.seed,
         shuffle=cfg.data.shuffle, data_mode=cfg.data.data_mode, device=device,
     )
-    return RankData(data, split.as_dict(), sources, mean, std, report, shared, health)
+    return RankData(data, split.as_dict(), sources, Scaler(mean, std), report, shared, health)
 
 
 def _health(speed, split, L: int, H: int, backend: Backend) -> Health:

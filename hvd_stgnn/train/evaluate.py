@@ -11,6 +11,7 @@ from hvd_stgnn.batching.sources import BatchSource
 from hvd_stgnn.config import Config
 from hvd_stgnn.metrics import HistoricalAverage, HorizonErrorSums, persistence, slot_sums, slots_of
 from hvd_stgnn.parallel import Backend
+from hvd_stgnn.results import Batching
 from hvd_stgnn.train.data_setup import RankData
 
 
@@ -32,8 +33,7 @@ def sample_starts(starts: torch.Tensor, max_windows: int, world_size: int) -> to
     return starts[torch.linspace(0, len(starts) - 1, keep).round().long().unique()]
 
 
-def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, mean: float, std: float,
-             max_windows: int = 0) -> HorizonErrorSums:
+def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, max_windows: int = 0) -> HorizonErrorSums:
     """Metrics over every window of the split (each rank its balanced share), or an evenly
     spaced sample of `max_windows`; collective."""
     backend.average_buffers(model)
@@ -43,7 +43,7 @@ def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, mean
     with torch.no_grad():
         for lo in range(0, len(starts), batch_size):
             batch = source(starts[lo : lo + batch_size])
-            sums.update(model(batch.x) * std + mean, batch.y, batch.mask)
+            sums.update(batch.scaler.inverse(model(batch.x)), batch.y, batch.mask)
     model.train()
     return sums.reduced(backend.allreduce_sum)
 
@@ -60,14 +60,15 @@ def evaluate_baselines(rd: RankData, cfg: Config, backend: Backend) -> dict:
     slots, num_slots = slots_of(data.timestamps, data.interval_s, weekly)
     mine = balanced_range(span, backend.rank, backend.size)
     sums = backend.allreduce_sum(torch.from_numpy(slot_sums(data.speed, slots, num_slots, mine.start, mine.stop)))
-    history = HistoricalAverage(sums.numpy(), slots, L, H, rd.mean)
+    mean = source.scaler.mean  # where a sensor has no reading to go by
+    history = HistoricalAverage(sums.numpy(), slots, L, H, mean)
     persist_sums, history_sums = HorizonErrorSums(H), HorizonErrorSums(H)
     starts = sample_starts(source.eval_starts(), cfg.train.eval_windows, backend.size)
     with torch.no_grad():
         for lo in range(0, len(starts), cfg.train.batch_size):
             chunk = starts[lo : lo + cfg.train.batch_size]
             batch = source(chunk)
-            persist_sums.update(persistence(source.gather.raw_inputs(chunk), H, rd.mean), batch.y, batch.mask)
+            persist_sums.update(persistence(source.gather.raw_inputs(chunk), H, mean), batch.y, batch.mask)
             history_sums.update(history(chunk).to(batch.y.device), batch.y, batch.mask)
     return {
         "persistence": persist_sums.reduced(backend.allreduce_sum).table(data.interval_s),
@@ -76,7 +77,7 @@ def evaluate_baselines(rd: RankData, cfg: Config, backend: Backend) -> dict:
     }
 
 
-def batching_summary(rd: RankData, backend: Backend, device: torch.device) -> dict:
+def batching_summary(rd: RankData, backend: Backend, device: torch.device) -> Batching:
     """What each rank holds, gathered to every rank (small)."""
     train = rd.sources["train"]
     mine = {
@@ -84,10 +85,10 @@ def batching_summary(rd: RankData, backend: Backend, device: torch.device) -> di
         "train_steps_held": [train.gather.step_offset, train.gather.step_offset + train.gather.series.shape[0]],
     }
     ranks = backend.allgather_object(mine)
-    return {
-        "kind": train.kind,
-        "device": str(device),
-        "shares_node_memory": train.shares_node_memory,
-        "device_bytes_per_rank": [r["device_bytes"] for r in ranks],
-        "train_steps_held_per_rank": [r["train_steps_held"] for r in ranks],
-    }
+    return Batching(
+        kind=train.kind,
+        device=str(device),
+        shares_node_memory=train.shares_node_memory,
+        device_bytes_per_rank=[r["device_bytes"] for r in ranks],
+        train_steps_held_per_rank=[r["train_steps_held"] for r in ranks],
+    )

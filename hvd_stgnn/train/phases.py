@@ -1,7 +1,9 @@
-"""Per-step phase timings: batch build, forward, backward + allreduce wait, optimizer step.
+"""Per-step phase timings (batch build, forward, backward + allreduce wait, optimizer step)
+and throughput.
 
 Each rank accumulates seconds per phase over an epoch; `summarize` turns every rank's
-per-step means into min / median / max across ranks (ms).
+per-step means into min / median / max across ranks (ms). `StepTracker` is what the trainer
+calls: phases per epoch, the job's step count, and samples/s after the warm-up steps.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import statistics
 import time
 
 import torch
+
+from hvd_stgnn.results import EpochPhases, Timing
 
 PHASES = ("batch", "forward", "backward", "optimizer")
 
@@ -61,3 +65,63 @@ def summarize(per_rank: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             "max": max(r[k] for r in per_rank)}
         for k in keys
     }
+
+
+# Throughput leaves out the job's first WARMUP_STEPS steps (allocator growth, Horovod's first
+# negotiations, DDP's bucket rebuild), unless there are no others.
+WARMUP_STEPS = 2
+
+
+class StepTracker:
+    """Phase times of the current epoch, and the whole job's step count and throughput."""
+
+    def __init__(self, device: torch.device, samples_per_step: int) -> None:
+        self.timer = PhaseTimer(device)
+        self.samples_per_step = samples_per_step  # windows per optimizer step over all ranks
+        self.job_steps = 0  # optimizer steps run by this job (a resumed job starts at 0)
+        self.loop_seconds = 0.0  # in training steps, validation excluded
+        self.samples = 0
+        self._epoch_t0 = 0.0
+        self._warm_t0: float | None = None  # when the warm-up steps ended
+        self._warm_steps = 0
+        self._warm_seconds = 0.0
+
+    def phase(self, name: str) -> "_Phase":
+        return self.timer.phase(name)
+
+    def start_epoch(self) -> None:
+        self.timer.reset()
+        self._epoch_t0 = time.perf_counter()
+
+    def step_done(self) -> None:
+        self.timer.steps += 1
+        self.job_steps += 1
+        if self.job_steps == WARMUP_STEPS:
+            self._warm_t0, self._warm_steps = time.perf_counter(), 0
+        elif self._warm_t0 is not None:
+            self._warm_steps += 1
+
+    def end_epoch(self) -> None:
+        """The epoch's training steps are done (before validation, which is not training time)."""
+        now = time.perf_counter()
+        self.loop_seconds += now - self._epoch_t0
+        if self._warm_t0 is not None:
+            self._warm_seconds += now - max(self._warm_t0, self._epoch_t0)
+        self.samples += self.timer.steps * self.samples_per_step
+
+    def epoch_phases(self, epoch: int, allgather) -> EpochPhases:
+        """Collective (`allgather`: every rank's object, in rank order): this epoch's phases."""
+        return EpochPhases(epoch=epoch, steps=self.timer.steps, **summarize(allgather(self.timer.per_step_ms())))
+
+    def timing(self, prepare_seconds: float, epoch_seconds: list[float]) -> Timing:
+        if self._warm_steps:
+            rate = self._warm_steps * self.samples_per_step / self._warm_seconds
+        else:
+            rate = self.samples / self.loop_seconds if self.loop_seconds else 0.0
+        return Timing(
+            prepare_seconds=prepare_seconds,
+            train_loop_seconds=self.loop_seconds,
+            epoch_seconds_median=statistics.median(epoch_seconds) if epoch_seconds else 0.0,
+            samples_per_second=rate,
+            samples_per_second_excludes_steps=WARMUP_STEPS if self._warm_steps else 0,
+        )

@@ -1,16 +1,24 @@
-"""The training loop: one model, batch sources per split, a backend for everything distributed.
+"""The training loop: a `Trainer` whose methods each do one thing, and the parts it calls.
 
-Data preparation (load, split, statistics, sources) is in data_setup.py, evaluation in
-evaluate.py, checkpoints in checkpoint.py. Every rank runs the same number of optimizer
-steps per epoch; validation/test metrics are sums and counts, reduced.
+    setup()        threads, seed, device; the run dir (lock, start); the memory plan; data
+                   (data_setup.py); model, optimizer, schedule; checkpointer; resume
+    train()        per epoch: run_epoch(), evaluate("val"), end_epoch()
+    run_epoch()    per step: train_step(), then the step tracker, timeline window, metrics
+                   log and the job-wide stop check
+    train_step()   K micro-batches: forward, masked loss, backward; finish_gradients; step
+    evaluate()     masked metrics over a split (evaluate.py), reduced over ranks
+    finish()       test the best (or last) model, baselines, Results -> results.json
+
+The parts, one file each: RunDir (rundir.py), Checkpointer (checkpointer.py) over the
+Stateful trainer, TrainState (state.py), StepTracker (phases.py), MetricsLogger
+(metrics_log.py), TimelineWindow and MemoryMonitor (profiling/), StopSignal and
+FaultInjector (faults.py). Every rank runs the same number of optimizer steps per epoch;
+metrics are sums and counts, reduced. The trainer talks to the Backend only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import socket
-import statistics
 import time
 
 import torch
@@ -18,31 +26,26 @@ from tqdm import tqdm
 
 from hvd_stgnn.batching import num_batches
 from hvd_stgnn.config import Config
-from hvd_stgnn.errors import ConfigError, Interrupted, UserError
+from hvd_stgnn.errors import ConfigError, Interrupted
 from hvd_stgnn.metrics import HorizonErrorSums, masked_mae_loss
 from hvd_stgnn.models import ModelInputs, build_model
-from hvd_stgnn.parallel import Backend
+from hvd_stgnn.parallel import Backend, run_on_root
 from hvd_stgnn.parallel.launcher import launch_record
-from hvd_stgnn.profiling.memory import peak_rss_bytes, process_pss_bytes
+from hvd_stgnn.profiling.memory import MemoryMonitor
 from hvd_stgnn.profiling.window import TimelineWindow
-from hvd_stgnn.train import checkpoint as ckpt
-from hvd_stgnn.train.data_setup import prepare, resolve_device
+from hvd_stgnn.results import PHASE_KEYS, EpochRecord, Memory, Results
+from hvd_stgnn.train.checkpointer import Checkpointer
+from hvd_stgnn.train.data_setup import memory_plan, prepare, resolve_device
 from hvd_stgnn.train.evaluate import batching_summary, evaluate, evaluate_baselines, param_digest
 from hvd_stgnn.train.faults import FaultInjector, StopSignal
-from hvd_stgnn.train.phases import PhaseTimer, summarize
-from hvd_stgnn.train.results import format_test_table, write_json_atomic
-from hvd_stgnn.train.rundir_lock import RunDirLock
-from hvd_stgnn.train.runlog import RunLog
+from hvd_stgnn.train.metrics_log import MetricsLogger
+from hvd_stgnn.train.phases import StepTracker
+from hvd_stgnn.train.rundir import RunDir
 from hvd_stgnn.train.schedule import lr_factor
+from hvd_stgnn.train.state import TrainState
+from hvd_stgnn.train.summary import format_epoch_line, format_test_table
 
-__all__ = ["evaluate", "param_digest", "threads_per_rank", "train"]
-
-WARMUP_STEPS = 2
-
-
-def _log(backend: Backend, message: str) -> None:
-    if backend.is_root:
-        tqdm.write(message)
+__all__ = ["Trainer", "threads_per_rank", "train"]
 
 
 def threads_per_rank(requested: int, local_size: int) -> int:
@@ -58,23 +61,310 @@ def threads_per_rank(requested: int, local_size: int) -> int:
     return max(1, min(allowed, (os.cpu_count() or 1) // max(1, local_size)))
 
 
-def _agree(backend: Backend, fn):
-    """Run `fn` on rank 0 only; every rank gets its result, or the same UserError."""
-    result, error = None, None
-    if backend.is_root:
-        try:
-            result = fn()
-        except UserError as exc:
-            error = (type(exc), str(exc))
-    result, error = backend.broadcast_object((result, error))
-    if error is not None:
-        raise error[0](error[1], all_ranks=True)
-    return result
+def train(cfg: Config, backend: Backend) -> Results:
+    """Run the whole job; returns its Results (rank 0 also writes them). Rank 0 holds the
+    --run-dir lock from before the first write to the end, on every exit path."""
+    trainer = Trainer(cfg, backend)
+    try:
+        trainer.setup()
+        trainer.train()
+        return trainer.finish()
+    finally:
+        trainer.close()
 
 
-def _build_model(cfg: Config, rd, num_features: int, device: torch.device) -> torch.nn.Module:
-    data = rd.data
-    inputs = ModelInputs(
+class Trainer:
+    def __init__(self, cfg: Config, backend: Backend) -> None:
+        self.cfg, self.backend = cfg, backend
+        self.t_start = time.perf_counter()
+        self.run_dir = RunDir(cfg, backend.is_root)
+        self.metrics = MetricsLogger()  # rank 0's sinks are opened with the run dir
+        self.job_epochs = 0  # epochs run by this job (a resumed job starts at 0)
+        self.stopped_early = False  # --stop-after-epochs ended the job
+        self.phase_timings = []
+
+    def log(self, message: str) -> None:
+        if self.backend.is_root:
+            tqdm.write(message)
+
+    # --- setup --------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg, backend = self.cfg, self.backend
+        torch.set_num_threads(threads_per_rank(cfg.train.threads, backend.local_size))
+        torch.manual_seed(cfg.train.seed)
+        self.device = resolve_device(cfg.train.device, backend.local_rank)
+        start = self._open_run_dir()
+        if cfg.train.memory_check:
+            self.log(f"memory plan: {run_on_root(backend, lambda: memory_plan(cfg, backend, self.device))}")
+        self.rd = prepare(cfg, backend, self.device, self.log)
+        self.prepare_seconds = time.perf_counter() - self.t_start
+        self.memory = MemoryMonitor(self.device)
+        self.memory.sample()
+        self.train_source = self.rd.sources["train"]
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.batching = batching_summary(self.rd, backend, self.device)
+        self._log_data()
+        self._build_model()
+        self.state = TrainState()
+        normalization = {"mean": self.rd.scaler.mean, "std": self.rd.scaler.std}
+        self.checkpointer = Checkpointer(cfg, backend, self.run_dir.path, normalization)
+        if start is not None:
+            path, state = start
+            self.checkpointer.restore(self, state)
+            self.log(f"resumed from {path}: epoch {self.state.epoch}, step {self.state.step} of "
+                     f"{self.steps_per_epoch} (global step {self.state.global_step})")
+        self.log(f"model: {cfg.model.name}  {sum(p.numel() for p in self.model.parameters()):,} parameters on "
+                 f"{self.device}  lr {self.base_lr:g} ({cfg.train.lr_schedule}, warm-up {self.warmup_steps} steps, "
+                 f"clip {cfg.train.clip_grad:g})")
+        self.timeline = TimelineWindow(backend, cfg.profile.timeline, *cfg.profile.window(),
+                                       cfg.profile.timeline_mark_cycles)
+        self.faults = FaultInjector(backend.rank)
+        k, B = cfg.parallel.backward_passes_per_step, cfg.train.batch_size
+        self.tracker = StepTracker(self.device, k * B * backend.size)
+
+    def _open_run_dir(self) -> tuple | None:
+        """Collective: rank 0 takes the run dir and opens the metrics sinks (an unwritable or
+        busy dir is every rank's error); every rank gets the checkpoint to start from."""
+
+        def on_root():
+            start, notes = self.run_dir.open()
+            self.metrics = MetricsLogger.for_run(self.run_dir.path, self.cfg.train.tensorboard, self.t_start)
+            return start, notes
+
+        start, notes = run_on_root(self.backend, on_root)
+        for note in notes:
+            self.log(note)
+        return start
+
+    def _steps_per_epoch(self) -> int:
+        cfg = self.cfg
+        B, k = cfg.train.batch_size, cfg.parallel.backward_passes_per_step
+        self.windows_per_rank = len(self.train_source.epoch_starts(1))
+        steps = num_batches(self.windows_per_rank, B) // k
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        if steps < 1:
+            raise ConfigError(f"--backward-passes-per-step {k}: each rank has only "
+                              f"{num_batches(self.windows_per_rank, B)} batch(es) per epoch", all_ranks=True)
+        return steps
+
+    def _log_data(self) -> None:
+        cfg, backend, rd, batching = self.cfg, self.backend, self.rd, self.batching
+        data, splits, per_rank = rd.data, rd.splits, self.windows_per_rank
+        self.log(f"data: {cfg.data.path}  T={data.num_steps} N={data.num_nodes} E={data.num_edges}  "
+                 f"windows train/val/test={splits['train'].count}/{splits['val'].count}/{splits['test'].count}  "
+                 f"mean={rd.scaler.mean:.3f} std={rd.scaler.std:.3f}")
+        where = "views of node-shared memory" if batching.shares_node_memory else f"private on {self.device}"
+        tail = splits["train"].count - per_rank * backend.size
+        self.log(f"batching: {self.train_source.kind}  {per_rank} training windows/rank, {self.steps_per_epoch} "
+                 f"steps/epoch of {cfg.parallel.backward_passes_per_step} x {cfg.train.batch_size} windows (ranks: "
+                 f"{backend.size}, {backend.name}; {tail} tail window(s) "
+                 f"{'dropped' if per_rank * backend.size <= splits['train'].count else 'repeated'}); data held per "
+                 f"rank: max {max(batching.device_bytes_per_rank) / 1e6:.2f} MB ({where}); threads/rank: "
+                 f"{torch.get_num_threads()}")
+
+    def _build_model(self) -> None:
+        cfg, backend = self.cfg, self.backend
+        self.model = build_model(cfg.model.name, _model_inputs(cfg, self.rd.data, self.train_source.num_features))
+        self.model.to(self.device)
+        self.uses_teacher = getattr(self.model, "uses_teacher", False)
+        self.base_lr = cfg.train.lr * (backend.size if cfg.train.scale_lr else 1)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr, weight_decay=cfg.train.weight_decay)
+        backend.broadcast_state(self.model, optimizer)
+        self.optimizer = backend.wrap_optimizer(optimizer, self.model)
+        total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, total_steps, self.warmup_steps, cfg.train.lr_schedule)
+        )
+        self.train_model = backend.wrap_model(self.model)  # DDP: the wrapper whose backward allreduces
+
+    # --- Stateful: what the Checkpointer saves and restores ---------------------------------
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), **self.state.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.backend.broadcast_state(self.model, self.optimizer)  # collective: rank 0's copy wins
+        self.state.load_state_dict(state)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def train(self) -> None:
+        with StopSignal() as self.stop:
+            try:
+                while self.state.epoch <= self.cfg.train.epochs and not self.stopped_early:
+                    epoch, t0 = self.state.epoch, time.perf_counter()
+                    train_mae = self.run_epoch(epoch)
+                    val = self.evaluate("val")
+                    self.end_epoch(epoch, train_mae, val, time.perf_counter() - t0)
+            finally:
+                self.timeline.stop(self.tracker.job_steps)  # a clean file on errors and signals too
+
+    def run_epoch(self, epoch: int) -> float:
+        """This epoch's remaining optimizer steps; returns the train MAE (reduced)."""
+        cfg, k, B = self.cfg, self.cfg.parallel.backward_passes_per_step, self.cfg.train.batch_size
+        order = self.train_source.epoch_starts(epoch)
+        sums = HorizonErrorSums(cfg.data.horizon)
+        self.tracker.start_epoch()
+        bar = tqdm(range(self.state.step, self.steps_per_epoch), initial=self.state.step, total=self.steps_per_epoch,
+                   desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not self.backend.is_root, leave=False,
+                   dynamic_ncols=True, mininterval=0.5, unit="step")
+        for step in bar:
+            self.faults.before_step(self.tracker.job_steps)
+            self.timeline.before_step(self.tracker.job_steps)
+            loss = self.train_step([order[(step * k + m) * B : (step * k + m + 1) * B] for m in range(k)], sums)
+            self.tracker.step_done()
+            self.state.finish_step()
+            self.timeline.after_step(self.tracker.job_steps)
+            loss_value = loss.item()
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            if self.state.global_step % cfg.train.log_every == 0:
+                self.metrics.log("step", self.state.global_step, epoch=epoch, step=self.state.step,
+                                 global_step=self.state.global_step, loss=loss_value, lr=self.scheduler.get_last_lr()[0])
+            self._stop_if_asked(epoch)
+        bar.close()
+        self.tracker.end_epoch()
+        return sums.reduced(self.backend.allreduce_sum).mae
+
+    def train_step(self, micro_batches: list[torch.Tensor], sums: HorizonErrorSums) -> torch.Tensor:
+        """One optimizer step over K micro-batches of window starts (K =
+        --backward-passes-per-step; one gradient allreduce); returns the last one's loss."""
+        tracker, backend = self.tracker, self.backend
+        self.optimizer.zero_grad()
+        for i, starts in enumerate(micro_batches):
+            with tracker.phase("batch"):
+                batch = self.train_source(starts)
+            with backend.accumulate(self.train_model, last=i == len(micro_batches) - 1):
+                with tracker.phase("forward"):
+                    teacher = batch.normalized_targets() if self.uses_teacher else None
+                    pred = batch.scaler.inverse(self.train_model(batch.x, teacher))
+                    loss = masked_mae_loss(pred, batch.y, batch.mask)
+                with tracker.phase("backward"):  # DDP: includes its bucketed allreduce
+                    (loss / len(micro_batches)).backward()
+            sums.update(pred.detach(), batch.y, batch.mask)
+        with tracker.phase("backward"):  # + waiting for the gradient allreduce
+            backend.finish_gradients(self.optimizer)
+        with tracker.phase("optimizer"):
+            backend.step(self.optimizer, self.model, self.cfg.train.clip_grad)
+            self.scheduler.step()
+        return loss
+
+    def _stop_if_asked(self, epoch: int) -> None:
+        """Collective, after every step: a SIGTERM seen by any rank stops every rank here,
+        with a checkpoint of exactly this step."""
+        if not self.backend.any_rank(self.stop.requested is not None):
+            return
+        self.checkpointer.save(self)
+        where = f"; resume with --resume {self.run_dir.path}" if self.run_dir.path else " (no --run-dir: nothing saved)"
+        raise Interrupted(f"stopped by {self.stop.requested or 'a signal on another rank'} at epoch {epoch}, "
+                          f"step {self.state.step}/{self.steps_per_epoch}{where}")
+
+    def evaluate(self, split: str) -> HorizonErrorSums:
+        """Collective: the model's masked error sums over `split` (all windows, or an evenly
+        spaced --eval-windows sample), reduced over ranks."""
+        return evaluate(self.model, self.rd.sources[split], self.backend, self.cfg.train.batch_size,
+                        self.cfg.train.eval_windows)
+
+    def end_epoch(self, epoch: int, train_mae: float, val: HorizonErrorSums, seconds: float) -> None:
+        """Phases, best model, log lines, checkpoint cadence and --stop-after-epochs."""
+        cfg = self.cfg
+        phases = self.tracker.epoch_phases(epoch, self.backend.allgather_object)
+        self.phase_timings.append(phases)
+        pss = self.memory.sample()
+        improved = self.state.finish_epoch(EpochRecord(epoch, train_mae, val.mae, seconds), self.model)
+        lr = self.scheduler.get_last_lr()[0]
+        self.job_epochs += 1
+        self.metrics.log("epoch", self.state.global_step, epoch=epoch, train_mae=train_mae, val_mae=val.mae,
+                         seconds=seconds, lr=lr, phases={key: phases.median(key) for key in PHASE_KEYS},
+                         val_mae_by_horizon=val.table(self.rd.data.interval_s)["mae"],
+                         memory={**vars(self.memory.record()), "pss_bytes": pss})
+        self.log(format_epoch_line(epoch, cfg.train.epochs, train_mae, val.mae, improved, lr, phases, seconds))
+        last = self.state.epoch > cfg.train.epochs
+        stop_now = bool(cfg.train.stop_after_epochs) and self.job_epochs >= cfg.train.stop_after_epochs and not last
+        if self.checkpointer.should_save(epoch, last or stop_now):
+            self.checkpointer.save(self)
+        if stop_now:
+            self.stopped_early = True
+            self.log(f"stopping after {self.job_epochs} epoch(s) (--stop-after-epochs); continue with --resume "
+                     f"{self.run_dir.path}")
+
+    # --- the end ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Every exit path: flush the metrics sinks, give up the run-dir lock."""
+        self.metrics.close()
+        self.run_dir.release()
+
+    def finish(self) -> Results:
+        """Collective: test (unless stopped early), gather what every rank measured, check
+        that all ranks ended with the same parameters, write the results (rank 0)."""
+        cfg, backend, rd = self.cfg, self.backend, self.rd
+        memory = Memory.from_ranks(backend.allgather_object(self.memory.record()))
+        job_history = self.state.history[-self.job_epochs:] if self.job_epochs else []
+        results = Results(
+            model=cfg.model.name, world_size=backend.size, backend=backend.name,
+            launch=launch_record([r.host for r in memory.per_rank], torch.get_num_threads()),
+            epochs=self.state.history, phase_timings=self.phase_timings,
+            timing=self.tracker.timing(self.prepare_seconds, [e.seconds for e in job_history]),
+            memory=memory, normalization={"mean": rd.scaler.mean, "std": rd.scaler.std},
+            data_health=rd.health.to_dict() if rd.health is not None else None,
+            load={**vars(rd.load), "read_mb_per_s": rd.load.read_mb_per_s},
+            batching=self.batching, config=cfg.to_dict(), timeline=self.timeline.info,
+        )
+        if self.timeline.info is not None:
+            self._log_timeline()
+        if self.stopped_early:
+            results.stopped_after_epoch = self.state.epoch - 1
+        else:
+            self._test(results)
+        results.param_digests = backend.allgather_object(param_digest(self.model))
+        results.total_seconds = time.perf_counter() - self.t_start
+        if len(set(results.param_digests)) != 1:
+            raise RuntimeError(f"ranks ended with different parameters: {results.param_digests}")
+        if backend.is_root and self.run_dir.results_path:
+            results.write(self.run_dir.results_path)
+            self.log(f"results: {self.run_dir.results_path}")
+        rd.free()
+        return results
+
+    def _test(self, results: Results) -> None:
+        """The test tables of the best validation epoch's model (--test-on best) or the last."""
+        cfg, state = self.cfg, self.state
+        tested = cfg.train.epochs
+        if cfg.train.test_on == "best" and state.best_params is not None and state.best_epoch != cfg.train.epochs:
+            self.model.load_state_dict(state.best_params)
+            tested = state.best_epoch
+            self.log(f"testing the model of epoch {tested} (best validation MAE {state.best_val_mae:.4f}; "
+                     "--test-on last to change)")
+        if state.best_params is not None:
+            self.checkpointer.save_best(state.best_params, state.best_epoch, state.best_val_mae)
+        interval_s, count = self.rd.data.interval_s, self.rd.splits["test"].count
+        results.tested_epoch = tested
+        results.test = self.evaluate("test").table(interval_s)
+        results.test_windows = count
+        results.eval_windows_cap = cfg.train.eval_windows
+        results.baselines = evaluate_baselines(self.rd, cfg, self.backend) if cfg.train.baselines else {}
+        self.metrics.log("test", state.global_step, epoch=tested, **results.test)
+        shown = f"a sample of ~{cfg.train.eval_windows} of {count}" if 0 < cfg.train.eval_windows < count else count
+        self.log(format_test_table(results.test, self.backend.size, shown, results.baselines))
+
+    def _log_timeline(self) -> None:
+        info = self.timeline.info
+        report = f"hvd-stgnn timeline {info.file}"
+        if self.run_dir.results_path:
+            report += f" --results {self.run_dir.results_path}"
+        self.log(f"timeline: {info.file} (steps {info.first_step}..{info.first_step + info.active_steps - 1}, "
+                 f"{info.window_seconds:.2f} s); report: {report}")
+
+
+def _model_inputs(cfg: Config, data, num_features: int) -> ModelInputs:
+    return ModelInputs(
         edge_index=torch.from_numpy(data.edge_index),
         edge_weight=torch.from_numpy(data.edge_weight),
         num_nodes=data.num_nodes,
@@ -89,319 +379,3 @@ def _build_model(cfg: Config, rd, num_features: int, device: torch.device) -> to
         adaptive_adjacency=cfg.model.adaptive_adjacency,
         self_loop_weight=cfg.model.self_loop_weight,
     )
-    return build_model(cfg.model.name, inputs).to(device)
-
-
-def _memory_plan(cfg: Config, backend: Backend, device: torch.device) -> str:
-    """Rank 0: predict this run's memory per node and rank (hvd_stgnn/plan); a ConfigError
-    with the numbers when it cannot fit, before anything is loaded."""
-    from hvd_stgnn.data.hdf5 import read_metadata
-    from hvd_stgnn.plan import check_fits
-    from hvd_stgnn.plan.estimate import fmt_bytes
-
-    meta = read_metadata(cfg.data.path)
-    plan = check_fits(cfg, meta.num_steps, meta.num_nodes, meta.num_edges, backend.size, backend.local_size,
-                      device.type, interval_s=meta.interval_s)
-    return f"node {fmt_bytes(plan.node_bytes)} predicted ({backend.local_size} rank(s) per node; --no-memory-check to skip)"
-
-
-class _State:
-    """Where training stands; what a checkpoint restores."""
-
-    def __init__(self) -> None:
-        self.epoch, self.step, self.global_step = 1, 0, 0  # next epoch / step within it to run
-        self.history: list[dict] = []
-        self.best = {"val_mae": float("inf"), "epoch": 0, "state": None}
-
-
-def train(cfg: Config, backend: Backend) -> dict:
-    """Run the whole job; returns the results dict (rank 0 also writes it). Rank 0 holds
-    the --run-dir lock from before the first write to the end, on every exit path."""
-    lock = RunDirLock(cfg.train.run_dir) if backend.is_root and cfg.train.run_dir else None
-    try:
-        return _train(cfg, backend, lock)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _open_run_dir(cfg: Config, lock: RunDirLock | None, t_start: float) -> tuple[RunLog, tuple | None, list[str]]:
-    """Rank 0: take the run dir (lock), decide the start (fresh / which checkpoint), then
-    write config.toml and open metrics.jsonl. Returns the log, (path, state) to resume from
-    or None, and the lines to print."""
-    notes = []
-    if lock is not None:
-        lock.acquire()
-        if lock.took_over:
-            notes.append(f"run dir: took over a stale lock ({lock.took_over})")
-    path, state, line = ckpt.choose_start(cfg.train.run_dir, cfg.train.resume, cfg.train.overwrite)
-    if line:
-        notes.append(line)
-    if state is not None:
-        ckpt.check_compatible(state, cfg.to_dict(), ckpt.data_fingerprint(cfg.data.path), path)
-    return RunLog(cfg, True, t_start), (path, state) if state is not None else None, notes
-
-
-def _train(cfg: Config, backend: Backend, lock: RunDirLock | None) -> dict:
-    t_start = time.perf_counter()
-    log = lambda message: _log(backend, message)  # noqa: E731
-    torch.set_num_threads(threads_per_rank(cfg.train.threads, backend.local_size))
-    torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device, backend.local_rank)
-    opened: dict = {}
-
-    def open_run_dir() -> None:  # rank 0: an unwritable or busy --run-dir is every rank's error
-        opened["log"], opened["resumed"], notes = _open_run_dir(cfg, lock, t_start)
-        return notes
-
-    for note in _agree(backend, open_run_dir):
-        log(note)
-    runlog = opened.get("log") or RunLog(cfg, False, t_start)  # only rank 0's writes
-    resumed = backend.broadcast_object(opened.get("resumed"))  # (path, state) or None, on every rank
-
-    if cfg.train.memory_check:
-        plan = _agree(backend, lambda: _memory_plan(cfg, backend, device))
-        log(f"memory plan: {plan}")
-    rd = prepare(cfg, backend, device, log)
-    prepare_seconds = time.perf_counter() - t_start
-    pss_peak = process_pss_bytes()
-    data, splits, sources = rd.data, rd.splits, rd.sources
-    train_source = sources["train"]
-    B, k = cfg.train.batch_size, cfg.parallel.backward_passes_per_step
-    per_rank = len(train_source.epoch_starts(1))
-    steps_per_epoch = num_batches(per_rank, B) // k
-    if cfg.train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise ConfigError(
-            f"--backward-passes-per-step {k}: each rank has only {num_batches(per_rank, B)} batch(es) per epoch",
-            all_ranks=True,
-        )
-    batching = batching_summary(rd, backend, device)
-    log(
-        f"data: {cfg.data.path}  T={data.num_steps} N={data.num_nodes} E={data.num_edges}  "
-        f"windows train/val/test={splits['train'].count}/{splits['val'].count}/{splits['test'].count}  "
-        f"mean={rd.mean:.3f} std={rd.std:.3f}"
-    )
-    where = "views of node-shared memory" if batching["shares_node_memory"] else f"private on {device}"
-    log(
-        f"batching: {train_source.kind}  {per_rank} training windows/rank, {steps_per_epoch} steps/epoch "
-        f"of {k} x {B} windows (ranks: {backend.size}, {backend.name}; "
-        f"{splits['train'].count - per_rank * backend.size} tail window(s) "
-        f"{'dropped' if per_rank * backend.size <= splits['train'].count else 'repeated'}); data held per rank: "
-        f"max {max(batching['device_bytes_per_rank']) / 1e6:.2f} MB ({where}); threads/rank: {torch.get_num_threads()}"
-    )
-
-    model = _build_model(cfg, rd, train_source.num_features, device)
-    uses_teacher = getattr(model, "uses_teacher", False)
-    base_lr = cfg.train.lr * (backend.size if cfg.train.scale_lr else 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, weight_decay=cfg.train.weight_decay)
-    backend.broadcast_state(model, optimizer)
-    optimizer = backend.wrap_optimizer(optimizer, model)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, cfg.train.lr_schedule)
-    )
-    train_model = backend.wrap_model(model)  # DDP: the wrapper whose backward allreduces
-    st = _State()
-    if resumed is not None:
-        path, state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        backend.broadcast_state(model, optimizer)
-        rngs = state["rng"]
-        ckpt.set_rng_state(rngs[backend.rank] if len(rngs) == backend.size else rngs[0])
-        st.epoch, st.step, st.global_step = state["epoch"], state["step"], state["global_step"]
-        st.history, st.best = state["history"], state["best"]
-        log(f"resumed from {path}: epoch {st.epoch}, step {st.step} of {steps_per_epoch} (global step {st.global_step})")
-    log(
-        f"model: {cfg.model.name}  {sum(p.numel() for p in model.parameters()):,} parameters on {device}  "
-        f"lr {base_lr:g} ({cfg.train.lr_schedule}, warm-up {warmup_steps} steps, clip {cfg.train.clip_grad:g})"
-    )
-
-    fingerprint = ckpt.data_fingerprint(cfg.data.path) if backend.is_root else None
-
-    def save_checkpoint(name: str = ckpt.LAST) -> None:
-        rngs = backend.allgather_object(ckpt.rng_state())
-        if backend.is_root and runlog.dir is not None:
-            ckpt.save_atomic(ckpt.checkpoint_path(runlog.dir, name), keep_previous=name == ckpt.LAST, state={
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": st.epoch, "step": st.step, "global_step": st.global_step, "rng": rngs,
-                "history": st.history, "best": st.best, "config": cfg.to_dict(), "world_size": backend.size,
-                "normalization": {"mean": rd.mean, "std": rd.std}, "data_fingerprint": fingerprint,
-            })
-
-    timeline = TimelineWindow(backend, cfg.profile.timeline, *cfg.profile.window(), cfg.profile.timeline_mark_cycles)
-    faults = FaultInjector(backend.rank)
-    timer = PhaseTimer(device)
-    phase_timings = []
-    job_steps, job_epochs = 0, 0
-    loop_seconds, samples_trained = 0.0, 0
-    # Throughput leaves out the job's first WARMUP_STEPS steps (allocator growth, first
-    # Horovod negotiations / DDP bucket rebuild), unless there are no others.
-    warm = {"t": None, "steps": 0, "seconds": 0.0}
-    stopped_early = False
-    with StopSignal() as stop:
-        try:
-            while st.epoch <= cfg.train.epochs:
-                epoch, t0 = st.epoch, time.perf_counter()
-                order = train_source.epoch_starts(epoch)
-                train_sums = HorizonErrorSums(cfg.data.horizon)
-                timer.reset()
-                bar = tqdm(range(st.step, steps_per_epoch), initial=st.step, total=steps_per_epoch,
-                           desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not backend.is_root, leave=False,
-                           dynamic_ncols=True, mininterval=0.5, unit="step")
-                for step in bar:
-                    faults.before_step(job_steps)
-                    timeline.before_step(job_steps)
-                    optimizer.zero_grad()
-                    for micro in range(k):
-                        lo = (step * k + micro) * B
-                        with timer.phase("batch"):
-                            batch = train_source(order[lo : lo + B])
-                        with backend.accumulate(train_model, last=micro == k - 1):
-                            with timer.phase("forward"):
-                                teacher = ((batch.y - rd.mean) / rd.std).masked_fill(~batch.mask, 0.0) if uses_teacher else None
-                                pred = train_model(batch.x, teacher) * rd.std + rd.mean
-                                loss = masked_mae_loss(pred, batch.y, batch.mask)
-                            with timer.phase("backward"):  # DDP: includes its bucketed allreduce
-                                (loss / k).backward()
-                        train_sums.update(pred.detach(), batch.y, batch.mask)
-                    with timer.phase("backward"):  # + waiting for the gradient allreduce
-                        backend.finish_gradients(optimizer)
-                    with timer.phase("optimizer"):
-                        backend.step(optimizer, model, cfg.train.clip_grad)
-                        scheduler.step()
-                    timer.steps += 1
-                    job_steps += 1
-                    st.global_step, st.step = st.global_step + 1, step + 1
-                    timeline.after_step(job_steps)
-                    if job_steps == WARMUP_STEPS:
-                        warm["t"], warm["steps"] = time.perf_counter(), 0
-                    elif warm["t"] is not None:
-                        warm["steps"] += 1
-                    loss_value = loss.item()
-                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-                    if st.global_step % cfg.train.log_every == 0 and runlog.active:
-                        runlog.record("step", epoch=epoch, step=st.step, global_step=st.global_step,
-                                      loss=loss_value, lr=scheduler.get_last_lr()[0])
-                    if backend.any_rank(stop.requested is not None):
-                        save_checkpoint()
-                        where = f"; resume with --resume {runlog.dir}" if runlog.dir else " (no --run-dir: nothing saved)"
-                        raise Interrupted(f"stopped by {stop.requested or 'a signal on another rank'} at epoch {epoch}, "
-                                          f"step {st.step}/{steps_per_epoch}{where}")
-                bar.close()
-                loop_seconds += time.perf_counter() - t0
-                if warm["t"] is not None:  # validation is not training time
-                    warm["seconds"] += time.perf_counter() - max(warm["t"], t0)
-                samples_trained += timer.steps * k * B * backend.size
-
-                train_mae = train_sums.reduced(backend.allreduce_sum).mae
-                val_mae = evaluate(model, sources["val"], backend, B, rd.mean, rd.std, cfg.train.eval_windows).mae
-                seconds = time.perf_counter() - t0
-                phases = summarize(backend.allgather_object(timer.per_step_ms()))
-                phase_timings.append({"epoch": epoch, "steps": timer.steps, **phases})
-                pss_peak = max(pss_peak, process_pss_bytes())
-                improved = val_mae < st.best["val_mae"]
-                if improved:  # every rank sees the same reduced val MAE, so all keep the same epoch
-                    st.best = {"val_mae": val_mae, "epoch": epoch,
-                               "state": {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}}
-                lr_now = scheduler.get_last_lr()[0]
-                st.history.append({"epoch": epoch, "train_mae": train_mae, "val_mae": val_mae, "seconds": seconds})
-                st.epoch, st.step = epoch + 1, 0
-                job_epochs += 1
-                runlog.record("epoch", epoch=epoch, train_mae=train_mae, val_mae=val_mae, seconds=seconds, lr=lr_now,
-                              phases={p: v["median"] for p, v in phases.items()})
-                log(
-                    f"epoch {epoch:3d}/{cfg.train.epochs}  train MAE {train_mae:7.4f}  val MAE {val_mae:7.4f}"
-                    f"{' *' if improved else '  '} lr {lr_now:.2e}  step {phases['step_ms']['median']:.1f} ms "
-                    f"(batch {phases['batch_ms']['median']:.1f} fwd {phases['forward_ms']['median']:.1f} "
-                    f"bwd+allreduce {phases['backward_ms']['median']:.1f} opt {phases['optimizer_ms']['median']:.1f}; "
-                    f"max/min rank {phases['step_ms']['max'] / max(phases['step_ms']['min'], 1e-9):.2f})  ({seconds:.1f} s)"
-                )
-                last = st.epoch > cfg.train.epochs
-                stop_now = cfg.train.stop_after_epochs and job_epochs >= cfg.train.stop_after_epochs and not last
-                if last or stop_now or (cfg.train.checkpoint_every and epoch % cfg.train.checkpoint_every == 0):
-                    save_checkpoint()
-                if stop_now:
-                    stopped_early = True
-                    log(f"stopping after {job_epochs} epoch(s) (--stop-after-epochs); continue with --resume {runlog.dir}")
-                    break
-        finally:
-            timeline.stop(job_steps)
-            if backend.is_root:
-                runlog.close()
-
-    memory = backend.allgather_object({
-        "host": socket.gethostname(), "peak_rss_bytes": peak_rss_bytes(), "pss_peak_bytes": pss_peak,
-        "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
-    })
-    node_pss: dict[str, int] = {}
-    for r in memory:
-        node_pss[r["host"]] = node_pss.get(r["host"], 0) + r["pss_peak_bytes"]
-    epoch_seconds = [e["seconds"] for e in st.history[-job_epochs:]] if job_epochs else []
-    results = {
-        "model": cfg.model.name,
-        "world_size": backend.size,
-        "backend": backend.name,
-        "launch": launch_record([r["host"] for r in memory], torch.get_num_threads()),
-        "epochs": st.history,
-        "phase_timings": phase_timings,
-        "timing": {
-            "prepare_seconds": prepare_seconds,  # load + statistics + batch sources (materialized: every window)
-            "train_loop_seconds": loop_seconds,  # training steps of this job, validation excluded
-            "epoch_seconds_median": statistics.median(epoch_seconds) if epoch_seconds else 0.0,
-            "samples_per_second": (warm["steps"] * k * B * backend.size / warm["seconds"] if warm["steps"]
-                                   else samples_trained / loop_seconds if loop_seconds else 0.0),
-            "samples_per_second_excludes_steps": WARMUP_STEPS if warm["steps"] else 0,
-        },
-        "memory": {
-            "per_rank": memory,  # PSS sampled after loading and after every epoch; peak RSS from the kernel
-            "node_pss_peak_bytes": node_pss,
-            "max_node_pss_peak_bytes": max(node_pss.values()),
-        },
-        "normalization": {"mean": rd.mean, "std": rd.std},
-        "data_health": rd.health.to_dict() if rd.health is not None else None,
-        "load": {**dataclasses.asdict(rd.load), "read_mb_per_s": rd.load.read_mb_per_s},
-        "batching": batching,
-        "config": cfg.to_dict(),
-    }
-    if timeline.info is not None:
-        results["timeline"] = timeline.info
-        log(f"timeline: {timeline.info['file']} (steps {timeline.info['first_step']}.."
-            f"{timeline.info['first_step'] + timeline.info['active_steps'] - 1}, {timeline.info['window_seconds']:.2f} s); "
-            f"report: hvd-stgnn timeline {timeline.info['file']}" + (f" --results {runlog.results_path}" if runlog.results_path else ""))
-    if stopped_early:
-        results["stopped_after_epoch"] = st.epoch - 1
-    else:
-        tested = cfg.train.epochs
-        if cfg.train.test_on == "best" and st.best["state"] is not None and st.best["epoch"] != cfg.train.epochs:
-            model.load_state_dict(st.best["state"])
-            tested = st.best["epoch"]
-            log(f"testing the model of epoch {tested} (best validation MAE {st.best['val_mae']:.4f}; --test-on last to change)")
-        if backend.is_root and runlog.dir is not None and st.best["state"] is not None:
-            ckpt.save_atomic(ckpt.checkpoint_path(runlog.dir, ckpt.BEST), {
-                "model": st.best["state"], "epoch": st.best["epoch"], "val_mae": st.best["val_mae"],
-                "config": cfg.to_dict(), "normalization": {"mean": rd.mean, "std": rd.std},
-            })
-        test = evaluate(model, sources["test"], backend, B, rd.mean, rd.std, cfg.train.eval_windows)
-        results["tested_epoch"] = tested
-        results["test"] = test.table(data.interval_s)
-        results["test_windows"] = splits["test"].count
-        results["eval_windows_cap"] = cfg.train.eval_windows
-        results["baselines"] = evaluate_baselines(rd, cfg, backend) if cfg.train.baselines else {}
-        count = splits["test"].count
-        shown = f"a sample of ~{cfg.train.eval_windows} of {count}" if 0 < cfg.train.eval_windows < count else count
-        log(format_test_table(results["test"], backend.size, shown, results["baselines"]))
-    digests = backend.allgather_object(param_digest(model))
-    results["param_digests"] = digests
-    results["total_seconds"] = time.perf_counter() - t_start
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"ranks ended with different parameters: {digests}")
-    if backend.is_root and runlog.results_path:
-        write_json_atomic(runlog.results_path, results)
-        log(f"results: {runlog.results_path}")
-    rd.free()
-    return results

@@ -1,22 +1,22 @@
-"""Results JSON and the test table printed at the end of a run."""
+"""The lines a run prints on rank 0: one per epoch, and the test table at the end."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
+
+from hvd_stgnn.results import EpochPhases
 
 
-def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
-    """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
+def format_epoch_line(epoch: int, epochs: int, train_mae: float, val_mae: float, improved: bool, lr: float,
+                      phases: EpochPhases, seconds: float) -> str:
+    """MAEs (`*`: best so far), LR, and the median step split into its phases; max/min rank is
+    the slowest rank's step time over the fastest's (load imbalance or a straggler)."""
+    med = phases.median
+    spread = phases.step_ms["max"] / max(phases.step_ms["min"], 1e-9)
+    return (f"epoch {epoch:3d}/{epochs}  train MAE {train_mae:7.4f}  val MAE {val_mae:7.4f}"
+            f"{' *' if improved else '  '} lr {lr:.2e}  step {med('step_ms'):.1f} ms "
+            f"(batch {med('batch_ms'):.1f} fwd {med('forward_ms'):.1f} bwd+allreduce {med('backward_ms'):.1f} "
+            f"opt {med('optimizer_ms'):.1f}; max/min rank {spread:.2f})  ({seconds:.1f} s)")
 
 
 def format_test_table(table: dict, world_size: int, windows: int | str, baselines: dict | None = None) -> str:

@@ -4,8 +4,8 @@ Top panel: the slowest tensors (DDP: buckets / collectives) plus the total, one 
 each, split into the report's categories (negotiate, wait/queue, memcpy in, collective,
 memcpy out, other; a category with no DDP counterpart is drawn as 0 and its legend entry
 says n/a). Bottom panel: every activity found, summed over tensors/calls (light) and as
-wall time (dark). Input is the dict of `timeline.build_report` or
-`timeline_ddp.build_ddp_report`; matplotlib runs headless (Agg).
+wall time (dark). Input is the dict of `report.build_report`, either format; matplotlib runs
+headless (Agg).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hvd_stgnn.errors import ConfigError
-from hvd_stgnn.profiling.timeline import CATEGORIES, CATEGORY_LABELS
+from hvd_stgnn.profiling.trace import CATEGORIES, CATEGORY_LABELS
 
 COLORS = {
     "negotiate": "#9e9e9e",

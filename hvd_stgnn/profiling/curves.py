@@ -1,4 +1,4 @@
-"""`hvd-stgnn plot RUN_DIR [--out PNG]`: the loss and MAE curves of a training run.
+"""The loss and MAE curves of a training run (`hvd-stgnn plot RUN_DIR [--out PNG]`, cli.py).
 
 Reads what rank 0 writes into RUN_DIR:
 
@@ -9,7 +9,8 @@ Reads what rank 0 writes into RUN_DIR:
   global_step (epoch) wins and the killed run's stale tail after the resume point is dropped.
   A killed job can leave a truncated last line: it is skipped (and so is a truncated line
   that a resumed run appended its first record to).
-- `results.json` (optional): the test MAE per horizon of the model and the baselines.
+- `results.json` (optional; results.Results): the test MAE per horizon of the model and the
+  baselines.
 
 Draws (matplotlib, Agg, no display): training loss vs global step (raw + moving average) with
 the learning rate on a twin axis; train / validation MAE per epoch with the best validation
@@ -18,13 +19,13 @@ epoch marked; test MAE per horizon (model vs baselines) when results.json exists
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hvd_stgnn.errors import ConfigError, DataError
+from hvd_stgnn.results import Results, ResultsFileError
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -135,35 +136,28 @@ def read_metrics(path: str | Path) -> RunMetrics:
     return out
 
 
-def read_results(path: str | Path) -> dict | None:
-    """results.json, or None when there is none. Raises DataError if present but unusable."""
+def read_results(path: str | Path) -> Results | None:
+    """results.json, or None when there is none. Raises ResultsFileError if present but
+    unusable: not a results file, or one without the test MAE table (a run stopped early)."""
     path = Path(path)
     if not path.exists():
         return None
-    try:
-        results = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(results, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    test = results.get("test")
-    if not isinstance(test, dict) or not isinstance(test.get("mae"), dict) or not test["mae"]:
-        raise DataError(f"{path}: no test MAE table (expected \"test\": {{\"mae\": {{\"15min\": ...}}}})")
+    results = Results.read(path)
+    mae = (results.test or {}).get("mae")
+    if not isinstance(mae, dict) or not mae:
+        raise ResultsFileError(path, "no test MAE table (expected \"test\": {\"mae\": {\"15min\": ...}})")
     return results
 
 
-def horizon_mae_series(results: dict) -> tuple[list[str], dict[str, list[float]]]:
+def horizon_mae_series(results: Results) -> tuple[list[str], dict[str, list[float]]]:
     """(horizons, {label: MAE per horizon}) for the model and each baseline in results."""
-    horizons = list(results["test"]["mae"])
+    horizons = list(results.test["mae"])
 
     def row(table: dict) -> list[float]:
         return [float(table[h]) if _is_number(table.get(h)) else math.nan for h in horizons]
 
-    series = {str(results.get("model") or "model"): row(results["test"]["mae"])}
-    baselines = results.get("baselines") if isinstance(results.get("baselines"), dict) else {}
-    for name, table in baselines.items():
+    series = {results.model or "model": row(results.test["mae"])}
+    for name, table in (results.baselines or {}).items():
         if isinstance(table, dict) and isinstance(table.get("mae"), dict):
             series[BASELINE_NAMES.get(name, name)] = row(table["mae"])
     return horizons, series
@@ -220,10 +214,16 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _panel(ax, title: str, records: list[dict], nothing: str) -> bool:
+    """Title a panel; False, and say so on it, when there is nothing to draw yet."""
+    ax.set_title(title)
+    if not records:
+        _empty(ax, nothing)
+    return bool(records)
+
+
 def _draw_loss(ax, steps: list[dict]) -> None:
-    ax.set_title("training loss")
-    if not steps:
-        _empty(ax, "no step records yet")
+    if not _panel(ax, "training loss", steps, "no step records yet"):
         return
     x = [int(r["global_step"]) for r in steps]
     loss = _column(steps, "loss")
@@ -252,9 +252,7 @@ def _draw_loss(ax, steps: list[dict]) -> None:
 
 
 def _draw_mae(ax, epochs: list[dict]) -> None:
-    ax.set_title("MAE per epoch")
-    if not epochs:
-        _empty(ax, "no epoch finished yet")
+    if not _panel(ax, "MAE per epoch", epochs, "no epoch finished yet"):
         return
     x = [int(r["epoch"]) for r in epochs]
     for name, label, color in (("train_mae", "train", "tab:blue"), ("val_mae", "validation", "tab:green")):
@@ -275,12 +273,12 @@ def _draw_mae(ax, epochs: list[dict]) -> None:
         ax.legend(loc="best", fontsize="small")
 
 
-def _draw_test(ax, results: dict) -> None:
+def _draw_test(ax, results: Results) -> None:
     import numpy as np
 
     horizons, series = horizon_mae_series(results)
-    tested = results.get("tested_epoch")
-    ax.set_title("test MAE" + (f" (model of epoch {tested})" if _is_number(tested) else ""))
+    tested = results.tested_epoch
+    ax.set_title("test MAE" + (f" (model of epoch {tested})" if tested is not None else ""))
     width = 0.8 / len(series)
     base = np.arange(len(horizons))
     colors = ["tab:blue", "tab:gray", "tab:olive", "tab:purple", "tab:brown"]
@@ -299,7 +297,7 @@ def _draw_test(ax, results: dict) -> None:
     ax.legend(loc="upper left", fontsize="small")
 
 
-def render(metrics: RunMetrics, results: dict | None, title: str, out: str | Path) -> Path:
+def render(metrics: RunMetrics, results: Results | None, title: str, out: str | Path) -> Path:
     """Draw the figure to `out` (format from its suffix; Agg, no display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -341,7 +339,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, 
     _check_out(out)
     metrics = read_metrics(run_dir / METRICS_FILE)
     results = read_results(run_dir / RESULTS_FILE)
-    model = (results or {}).get("model") or metrics.model
+    model = (results.model if results else "") or metrics.model
     name = run_dir.resolve().name or str(run_dir)
     title = f"{name} — {model}" if model else name
     try:
@@ -350,22 +348,3 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, 
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     return out, metrics
-
-
-# --- command line -----------------------------------------------------------------------
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    out, metrics = plot_run(args.run_dir, args.out or None)
-    note = f"; skipped {metrics.skipped} truncated line(s)" if metrics.skipped else ""
-    print(f"wrote {out} ({len(metrics.steps)} step records, {len(metrics.epochs)} epochs{note})")
-    return 0
-
-
-def add_plot_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `plot RUN_DIR [--out PNG]` to the top-level subcommands."""
-    p = subparsers.add_parser("plot", help="draw a run's loss and MAE curves to a PNG")
-    p.add_argument("run_dir", metavar="RUN_DIR", help=f"run directory holding {METRICS_FILE} (and {RESULTS_FILE})")
-    p.add_argument("--out", default="", metavar="PNG", help=f"output image (default: RUN_DIR/{DEFAULT_OUT})")
-    p.set_defaults(func=cmd_plot)
-    return p
