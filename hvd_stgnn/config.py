@@ -88,7 +88,17 @@ class TrainConfig:
                          choices=["best", "last"], default="best")
     seed: int = _flag("random seed (model init, shuffling)", default=0)
     threads: int = _flag("torch threads per rank (0: $OMP_NUM_THREADS, else cores / ranks on the node)", default=0)
-    device: str = _flag("auto: the local rank's GPU if CUDA is there, else CPU", choices=["auto", "cpu", "cuda"], default="auto")
+    device: str = _flag("auto: the local rank's GPU if CUDA works, else the CPU (saying why when a GPU is there "
+                        "but CUDA failed); cuda: a GPU or one clear error", choices=["auto", "cpu", "cuda"], default="auto")
+    precision: str = _flag("fp32, or mixed precision: bf16 (autocast; CPU and GPU) or fp16 (autocast + loss "
+                           "scaling; GPU only). Losses and metrics stay fp32", choices=["fp32", "bf16", "fp16"],
+                           default="fp32")
+    tf32: bool = _flag("GPU: let float32 matmuls and convolutions use TF32 tensor cores (Ampere and newer)",
+                       default=True)
+    compile: bool = _flag("torch.compile the model (hvd_stgnn.models.compile_model); the first steps are slower "
+                          "while it compiles", default=False)
+    sync_timings: bool = _flag("GPU: synchronize before and after every phase for exact per-phase times (slower); "
+                               "default: CUDA events, one synchronization per epoch", default=False)
     results: str = _flag("write the results JSON here (rank 0; default RUN_DIR/results.json)", default="")
     baselines: bool = _flag("evaluate persistence and historical average on the test windows too", default=True)
     run_dir: str = _flag("run directory (rank 0 writes config.toml, metrics.jsonl, results.json, checkpoints/)",
@@ -133,6 +143,9 @@ class ProfileConfig:
     timeline: str = _flag("record a Horovod timeline (Chrome trace) of a window of steps into this file", default="")
     timeline_steps: str = _flag("WARMUP:ACTIVE optimizer steps: skip WARMUP, then record ACTIVE", default="5:20")
     timeline_mark_cycles: bool = _flag("mark Horovod's background cycles in the timeline", default=False)
+    sync_debug: bool = _flag("GPU: report every host-device synchronization in the training steps after the "
+                             "warm-up (torch.cuda.set_sync_debug_mode('warn')), with where it happens",
+                             default=False)
 
     def window(self) -> tuple[int, int]:
         """(first step, number of steps) of the recorded window."""
@@ -195,6 +208,8 @@ class Config:
             (not (self.train.resume and self.train.overwrite),
              f"--resume {self.train.resume} and --overwrite contradict each other: choose one"),
             (self.parallel.ddp_timeout_s > 0, "--ddp-timeout-s must be > 0"),
+            (not (self.train.precision == "fp16" and self.parallel.reduce_op == "adasum"),
+             "--precision fp16 does not combine with --reduce-op adasum (loss scaling needs averaged gradients)"),
             (not (self.profile.timeline and self.parallel.backend == "single"),
              "--timeline: not supported with --backend single (use horovod or ddp)"),
         ]

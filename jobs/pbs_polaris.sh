@@ -46,17 +46,39 @@
 #     script is forwarded to mpiexec as SIGTERM, so every rank checkpoints and stops; and
 #     `hvd-stgnn train ... --run-dir DIR` without --resume/--overwrite gets `--resume auto`
 #     (a resubmitted job, `qsub -W depend=afterany:JOB`, continues; a first one starts fresh);
+#   - MPICH_MAX_THREAD_SAFETY=multiple (unless set): Cray MPICH grants no more thread support
+#     than this names (serialized by default, `man intro_mpi`), and Horovod's background
+#     thread needs MPI_THREAD_MULTIPLE;
+#   - GPUs per node (GPUS_PER_NODE, else what `nvidia-smi -L` lists on the node running this
+#     script, else Polaris' 4) against RANKS_PER_NODE: more ranks than GPUs would put two
+#     ranks on one GPU (NCCL then fails with an opaque error), so the script stops first with
+#     one line and exit status 2 (not for GPUS_PER_NODE=0 or `hvd-stgnn train --device cpu`);
 #   - the environment (PATH with .venv/bin, OMP_NUM_THREADS, HOROVOD_* knobs, NCCL_*) reaches
-#     every rank: PALS mpiexec passes the environment on by default.
+#     every rank: PALS mpiexec passes the environment on by default. The job log lists the
+#     HOROVOD_*, NCCL_* and MPICH_MAX_THREAD_SAFETY settings in effect.
+# NCCL hints (none is set here; export them in the site block):
+#   NCCL_DEBUG=INFO            a first run: NCCL prints its version, the network it chose
+#                              (NET/IB, NET/Socket, NET/AWS Libfabric) and its rings/trees
+#   NCCL_SOCKET_IFNAME=hsn     the interface(s) for NCCL's bootstrap and socket traffic (a
+#                              prefix matches: hsn0..hsn3 on Polaris' Slingshot; ^lo excludes)
+#   NCCL_IB_HCA=mlx5_0:1,...   InfiniBand/RoCE clusters: the adapters (and ports) NCCL may use
+#   NCCL_NET_GDR_LEVEL=PHB     GPUDirect RDMA when NIC and GPU are on one NUMA node (LOC,
+#                              PIX, PXB, PHB, SYS: how far apart they may be)
+#   NCCL_NET="AWS Libfabric"   Polaris: use the aws-ofi-nccl plugin (Slingshot) or fail, instead
+#                              of falling back to slow TCP sockets; see the site block above.
 # Optional environment:
 #   RANKS_PER_NODE=4       ranks per node (default 4, one per GPU)
 #   DEPTH=8                cores (hardware threads) per rank for --depth (default 8)
-#   GPUS_PER_NODE=4        GPUs per node for the wrapper; 0 = CPU-only, no wrapper
+#   GPUS_PER_NODE=4        GPUs per node for the wrapper and the ranks-per-GPU check; 0 =
+#                          CPU-only, no wrapper (default: `nvidia-smi -L` count, else 4)
 #   GPU_AFFINITY=reverse   reverse (Polaris), direct (local rank r -> GPU r), none (no wrapper:
 #                          all GPUs visible, --device auto takes local rank mod GPUs)
 #   MPIEXEC_ARGS="..."     extra mpiexec options (split on spaces)
 #   HVD_STGNN_ROOT=/path   the repository, if you did not submit from it
 #   HVD_STGNN_JEMALLOC=1   ranks run with jemalloc (see jobs/local.sh; HVD_STGNN_JEMALLOC_LIB)
+#   ALLOW_GPU_SHARING=1    skip the ranks-per-GPU check (a command that shares GPUs on purpose;
+#                          the trainer itself still refuses it on CUDA)
+#   MPICH_MAX_THREAD_SAFETY=...   kept when set (default here: multiple)
 #   DRY_RUN=1              print the launch line and exit 0 (PBS_NODEFILE may be a fake file)
 set -euo pipefail
 
@@ -66,8 +88,14 @@ ROOT="${HVD_STGNN_ROOT:-${PBS_O_WORKDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/..
 
 # ---- site environment: EDIT to load what the .venv was built with, e.g. on Polaris ------
 # module use /soft/modulefiles && module load conda && conda activate base
-# export NCCL_NET_GDR_LEVEL=PHB NCCL_CROSS_NIC=1   # see ALCF's NCCL recommendations
 # export HOROVOD_FUSION_THRESHOLD=$((64 * 1024 * 1024)) HOROVOD_CYCLE_TIME=5
+# export NCCL_DEBUG=INFO          # a first run: NCCL's version, chosen network and rings in the log
+# NCCL over Slingshot through the aws-ofi-nccl plugin: ALCF's recommended settings (check
+# https://docs.alcf.anl.gov/polaris/applications-and-libraries/libraries/nccl for the current
+# plugin path and version before using them):
+# export NCCL_NET_GDR_LEVEL=PHB NCCL_CROSS_NIC=1 NCCL_COLLNET_ENABLE=1 NCCL_NET="AWS Libfabric"
+# export LD_LIBRARY_PATH=/soft/libraries/aws-ofi-nccl/v1.9.1-aws/lib:/soft/libraries/hwloc/lib:$LD_LIBRARY_PATH
+# export FI_CXI_DISABLE_HOST_REGISTER=1 FI_MR_CACHE_MONITOR=userfaultfd FI_CXI_DEFAULT_CQ_SIZE=131072
 # -----------------------------------------------------------------------------------------
 
 # ---- the same helpers as jobs/common.sh, copied: the scheduler runs a spooled copy of -----
@@ -104,7 +132,8 @@ add_threads_flag() {  # `hvd-stgnn train ...` without --threads: add --threads $
     CMD=("${CMD[0]}" train --threads "$OMP_NUM_THREADS" "${CMD[@]:2}")
 }
 is_dry_run() { case "${DRY_RUN:-0}" in 0|"") return 1 ;; *) return 0 ;; esac; }
-# ---- the same as in jobs/slurm.sbatch: resuming by default, forwarding a stop signal ----
+# ---- the same as in jobs/slurm.sbatch: resuming by default, the ranks-per-GPU check, ----
+# ---- forwarding a stop signal -------------------------------------------------------------
 add_resume_flag() {  # `hvd-stgnn train ... --run-dir D` without --resume/--overwrite: add --resume auto
     [ "${#CMD[@]}" -ge 2 ] && [ "${CMD[0]##*/}" = hvd-stgnn ] && [ "${CMD[1]}" = train ] || return 0
     local w has_dir=0
@@ -114,6 +143,28 @@ add_resume_flag() {  # `hvd-stgnn train ... --run-dir D` without --resume/--over
     [ "$has_dir" = 1 ] || return 0
     CMD=("${CMD[0]}" train --resume auto "${CMD[@]:2}")
 }
+train_device() {  # the --device of a `hvd-stgnn train` command (the last one given), else nothing
+    [ "${#CMD[@]}" -ge 2 ] && [ "${CMD[0]##*/}" = hvd-stgnn ] && [ "${CMD[1]}" = train ] || return 0
+    local w prev="" dev=""
+    for w in "${CMD[@]:2}"; do
+        case "$w" in --device=*) dev="${w#--device=}" ;; esac
+        [ "$prev" = --device ] && dev="$w"
+        prev="$w"
+    done
+    echo "$dev"
+}
+gpu_sharing_check() {  # RANKS GPUS WHERE: exit 2 when more ranks than GPUs on a node with GPUs
+    local ranks="$1" gpus="$2" where="$3"
+    [[ "$ranks" =~ ^[0-9]+$ ]] && [[ "$gpus" =~ ^[0-9]+$ ]] || return 0
+    [ "$gpus" -gt 0 ] && [ "$ranks" -gt "$gpus" ] || return 0
+    [ "${ALLOW_GPU_SHARING:-0}" = 1 ] && return 0
+    [ "$(train_device)" = cpu ] && return 0
+    echo "$ME: error: $ranks ranks per node but only $gpus GPUs per node: two ranks would share a GPU" \
+         "(NCCL then fails with an opaque error); run one rank per GPU (${where}), or --device cpu for" \
+         "CPU training, or ALLOW_GPU_SHARING=1 for a command that shares GPUs on purpose" >&2
+    exit 2
+}
+# -----------------------------------------------------------------------------------------
 forward_stop() {  # PID: SIGTERM to mpiexec, which passes it on to every rank
     kill -TERM "$1" 2>/dev/null || true
 }
@@ -176,8 +227,19 @@ fi
 
 RANKS_PER_NODE="${RANKS_PER_NODE:-4}"
 DEPTH="${DEPTH:-8}"
-GPUS_PER_NODE="${GPUS_PER_NODE:-4}"
 GPU_AFFINITY="${GPU_AFFINITY:-reverse}"
+GPN_FROM="GPUS_PER_NODE"
+if [ -z "${GPUS_PER_NODE:-}" ]; then
+    GPUS_PER_NODE=4 GPN_FROM="Polaris default"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        listed="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+        if [ "${listed:-0}" -gt 0 ]; then
+            GPUS_PER_NODE="$listed" GPN_FROM="nvidia-smi -L"
+        else
+            echo "$ME: note: nvidia-smi lists no GPU on ${HOSTNAME:-this node}: assuming Polaris' 4 per node (set GPUS_PER_NODE)" >&2
+        fi
+    fi
+fi
 positive_int RANKS_PER_NODE "$RANKS_PER_NODE"
 positive_int DEPTH "$DEPTH"
 positive_int GPUS_PER_NODE "$GPUS_PER_NODE" allow0
@@ -189,6 +251,10 @@ fi
 add_threads_flag
 add_resume_flag
 jemalloc_prefix
+gpu_sharing_check "$RANKS_PER_NODE" "$GPUS_PER_NODE" \
+    "RANKS_PER_NODE=$GPUS_PER_NODE; the $GPUS_PER_NODE is from $GPN_FROM, set GPUS_PER_NODE if it is wrong"
+# Horovod asks MPI for MPI_THREAD_MULTIPLE; Cray MPICH grants at most what this allows.
+export MPICH_MAX_THREAD_SAFETY="${MPICH_MAX_THREAD_SAFETY:-multiple}"
 
 # One GPU per rank from the PALS local rank (see the header).
 case "$GPU_AFFINITY" in
@@ -205,10 +271,12 @@ fi
 # shellcheck disable=SC2206  # MPIEXEC_ARGS is a list of words on purpose
 LINE=(mpiexec -n $(( NODES * RANKS_PER_NODE )) --ppn "$RANKS_PER_NODE" --depth="$DEPTH" --cpu-bind depth ${MPIEXEC_ARGS:-}
       ${WRAP[@]+"${WRAP[@]}"} ${PRELOAD[@]+"${PRELOAD[@]}"} "${CMD[@]}")
-KNOBS="$(env | grep -E '^HOROVOD_' | sort | paste -sd ' ' - || true)"
+KNOBS="$(env | grep -E '^(HOROVOD_|NCCL_|MPICH_MAX_THREAD_SAFETY=)' | sort | paste -sd ' ' - || true)"
+GPU_NOTE="no GPUs"
+[ "$GPUS_PER_NODE" -eq 0 ] || GPU_NOTE="$GPUS_PER_NODE GPU(s) per node ($GPN_FROM)"
 echo "$ME: job ${PBS_JOBID:-(none)}: $NODES node(s) x $RANKS_PER_NODE = $(( NODES * RANKS_PER_NODE )) rank(s)," \
-     "$OMP_NUM_THREADS thread(s) per rank, GPU affinity: $([ "${#WRAP[@]}" -gt 0 ] && echo "$GPU_AFFINITY" || echo none);" \
-     "${KNOBS:-no HOROVOD_* set}" >&2
+     "$OMP_NUM_THREADS thread(s) per rank, GPU affinity: $([ "${#WRAP[@]}" -gt 0 ] && echo "$GPU_AFFINITY" || echo none)," \
+     "$GPU_NOTE; $KNOBS" >&2
 if is_dry_run; then
     quote_words "${LINE[@]}"
     exit 0

@@ -13,6 +13,10 @@ from helpers import SLURM_LOCAL, subprocess_env
 # One thread for in-process tests: with OpenMP spin-waiting, 2 threads on a 2-core machine
 # where anything else holds a core run ~30x slower (the mpirun tests use 1 per rank anyway).
 torch.set_num_threads(1)
+# In-process tests pick their devices explicitly (the `gpu` ones CUDA); where they do, the
+# comparisons are exact fp32, never TF32. Jobs the suite starts see no GPU (helpers.py).
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(scope="session")

@@ -16,19 +16,24 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 LOCAL_LAUNCHER = REPO / "jobs" / "local.sh"
 
 
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(gpu: bool = False) -> dict[str, str]:
+    """The environment of the suite's jobs. GPUs hidden unless `gpu` (the `gpu` tests): on a
+    GPU node every 2-rank job would otherwise put both ranks on cuda:0 (--device auto), and
+    the bit-exact comparisons would run in TF32."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     # The launcher puts .venv/bin first; make sure this interpreter's scripts win too.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`hvd-stgnn ARGS` as a single process (no launcher)."""
+def run_cli(*args: str, timeout: float = 300, gpu: bool = False) -> subprocess.CompletedProcess:
+    """`hvd-stgnn ARGS` as a single process (no launcher); on the CPU unless `gpu`."""
     return subprocess.run(
         [sys.executable, "-m", "hvd_stgnn", *args],
-        capture_output=True, text=True, timeout=timeout, env=subprocess_env(), cwd=REPO,
+        capture_output=True, text=True, timeout=timeout, env=subprocess_env(gpu), cwd=REPO,
     )
 
 

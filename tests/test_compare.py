@@ -12,8 +12,9 @@ import pytest
 from hvd_stgnn.bench import compare
 from hvd_stgnn.bench.compare import (
     CSV_COLUMNS, METRICS, VARIANTS, Settings, add_compare_parser, cmd_compare, job_command, markdown_table,
-    median_rows, parse_np_list, ratios, ratios_table, read_csv, row_from_results, write_csv,
+    median_rows, parse_np_list, ratios, ratios_table, row_from_results,
 )
+from hvd_stgnn.bench.report import read_csv, write_csv
 from hvd_stgnn.errors import ConfigError, UserError
 
 
@@ -135,7 +136,7 @@ def test_markdown_table_and_csv_round_trip(tmp_path):
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     assert "| horovod+index | 2 | 10.0 | 1.00 | 5.00 | 1000 | 500 | 1235 | 100 | 0 | 3.0000 |" in text
     path = tmp_path / "c.csv"
-    write_csv(rows, path)
+    write_csv(rows, path, CSV_COLUMNS)
     back = read_csv(path)
     assert back == [{k: r[k] for k in CSV_COLUMNS} for r in rows]
 

@@ -21,7 +21,7 @@ def _materialized(speed, timestamps, starts, L, H, mean, std):
     for s in starts:
         inp = speed[s : s + L]
         present = np.isfinite(inp) & (inp != 0)
-        norm = np.where(present, (inp - np.float32(mean)) / np.float32(std), np.float32(0))
+        norm = np.where(present, (inp - np.float32(mean)) * np.float32(1.0 / std), np.float32(0))
         feat = np.stack([norm, np.broadcast_to(tod[s : s + L, None], inp.shape)], axis=-1)
         tgt = speed[s + L : s + L + H]
         m = np.isfinite(tgt) & (tgt != 0)

@@ -1,12 +1,18 @@
 """Launch scripts (jobs/): DRY_RUN prints the launch line that would run; fake launchers
-on PATH stand in for srun / mpiexec, so nothing here needs Slurm or PBS."""
+on PATH stand in for srun / mpiexec, so nothing here needs Slurm or PBS. A stand-in
+`nvidia-smi` (first on PATH for every script run here) lists FAKE_GPUS GPUs (default 4, a
+Polaris node), so no test depends on the GPUs of the machine it runs on."""
 
+import atexit
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,13 +25,28 @@ JEMALLOC_CONF = "MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 # Settings the scripts read: the tests start from none of them, whatever the caller's shell has.
 _SCRIPT_VARS = {"OMP_NUM_THREADS", "DRY_RUN", "ARGS", "CMD", "MPIRUN_ARGS", "MPIEXEC_ARGS", "HOROVODRUN_ARGS",
-                "RANKS_PER_NODE", "DEPTH", "GPUS_PER_NODE", "GPU_AFFINITY", "MALLOC_CONF", "LD_PRELOAD", "HVD_STGNN_ROOT"}
+                "RANKS_PER_NODE", "DEPTH", "GPUS_PER_NODE", "GPU_AFFINITY", "MALLOC_CONF", "LD_PRELOAD", "HVD_STGNN_ROOT",
+                "ALLOW_GPU_SHARING", "MPICH_MAX_THREAD_SAFETY", "FAKE_GPUS", "CUDA_VISIBLE_DEVICES"}
+
+# The stand-in nvidia-smi: `-L` lists $FAKE_GPUS GPUs (default 4); 0: what a node without a
+# working GPU says, and exit status 6.
+_GPU_SHIM = Path(tempfile.mkdtemp(prefix="hvd-stgnn-fake-nvidia-smi-"))
+atexit.register(shutil.rmtree, _GPU_SHIM, True)
+(_GPU_SHIM / "nvidia-smi").write_text("""#!/usr/bin/env bash
+n="${FAKE_GPUS:-4}"
+if [ "$n" = 0 ]; then echo "No devices were found"; exit 6; fi
+for ((i = 0; i < n; i++)); do echo "GPU $i: NVIDIA A100-SXM4-40GB (UUID: GPU-fake-$i)"; done
+""")
+(_GPU_SHIM / "nvidia-smi").chmod(0o755)
 
 
 def _env(**env) -> dict:
     base = {k: v for k, v in os.environ.items()
-            if k not in _SCRIPT_VARS and not k.startswith(("SLURM_", "SRUN_", "PBS_", "HVD_STGNN_JEMALLOC", "HOROVOD_"))}
-    return {**base, **env}
+            if k not in _SCRIPT_VARS and not k.startswith(("SLURM_", "SRUN_", "PBS_", "HVD_STGNN_JEMALLOC", "HOROVOD_",
+                                                           "NCCL_"))}
+    merged = {**base, **env}
+    merged["PATH"] = f"{_GPU_SHIM}{os.pathsep}{merged['PATH']}"
+    return merged
 
 
 def _run(script, *args, **env) -> subprocess.CompletedProcess:
@@ -316,3 +337,159 @@ for i in $(seq 600); do sleep 0.1; done
     assert "ranks got TERM" in out and f"{sig}" in err and "asking the ranks to checkpoint and stop" in err
     if script == "slurm.sbatch":
         assert scancel_args.read_text().split() == ["--signal=TERM", "42"]
+
+
+# ---- GPUs per node against ranks per node (slurm.sbatch and pbs_polaris.sh) -------------------
+
+SLURM_JOB = {"SLURM_JOB_ID": "42", "SLURM_CPUS_PER_TASK": "1"}
+
+
+def _refused_before_launch(tmp_path, script, launcher, *args, **env):
+    """Run `script` for real (not DRY_RUN) with a launcher that leaves a marker: exit 2, one
+    line on stderr (besides the scripts' notes), nothing launched. Returns that line."""
+    marker = tmp_path / "launched"
+    path = _fake_launcher(tmp_path / "bin", launcher, f"touch {marker}\n")
+    r = _run(script, *args, PATH=path, **env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert not marker.exists() and r.stdout == ""
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("gpus", [{"SLURM_GPUS_ON_NODE": "4"}, {"SLURM_GPUS_PER_NODE": "4"},
+                                  {"SLURM_GPUS_PER_NODE": "a100:4"}, {"SLURM_GPUS_PER_NODE": "gpu:a100:2,gpu:v100:2"}])
+@pytest.mark.parametrize("ranks", [{"SLURM_NTASKS_PER_NODE": "8"}, {"SLURM_TASKS_PER_NODE": "8(x2)"},
+                                   {"SLURM_TASKS_PER_NODE": "4,8"}])
+def test_slurm_refuses_more_ranks_than_gpus_per_node(tmp_path, gpus, ranks):
+    line = _refused_before_launch(tmp_path, "slurm.sbatch", "srun", "hvd-stgnn", "train", "--data", "x.h5",
+                                  **SLURM_JOB, **gpus, **ranks)
+    assert line.startswith("jobs/slurm.sbatch: error: 8 ranks per node but only 4 GPUs per node: ")
+    assert "--ntasks-per-node=4" in line
+    # DRY_RUN checks it too: no launch line.
+    r = _run("slurm.sbatch", "--data", "x.h5", DRY_RUN="1", SLURM_CPUS_PER_TASK="1", **gpus, **ranks)
+    assert r.returncode == 2 and r.stdout == "" and "8 ranks per node but only 4 GPUs per node" in r.stderr
+
+
+@pytest.mark.parametrize("env,args", [
+    ({"SLURM_NTASKS_PER_NODE": "4", "SLURM_GPUS_ON_NODE": "4"}, []),              # one rank per GPU
+    ({"SLURM_NTASKS_PER_NODE": "2", "SLURM_GPUS_PER_NODE": "4"}, []),             # GPUs to spare
+    ({"SLURM_NTASKS_PER_NODE": "8"}, []),                                         # a CPU-only job
+    ({"SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_PER_NODE": "0"}, []),             # --gpus-per-node=0
+    ({"SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "4"}, ["--device", "cpu"]),   # CPU training
+    ({"SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "4"}, ["--device=cpu"]),
+    ({"SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "4", "ALLOW_GPU_SHARING": "1"}, []),
+])
+def test_slurm_gpu_check_lets_these_through(env, args):
+    r = _run("slurm.sbatch", "hvd-stgnn", "train", "--data", "x.h5", *args, DRY_RUN="1", SLURM_CPUS_PER_TASK="1", **env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("srun ")
+    gpus = env.get("SLURM_GPUS_ON_NODE") or env.get("SLURM_GPUS_PER_NODE", "0")
+    assert (f"{gpus} GPU(s) per node" if gpus != "0" else "no GPUs") in r.stderr
+
+
+def test_slurm_gpu_check_reads_the_last_device_flag(tmp_path):
+    line = _refused_before_launch(tmp_path, "slurm.sbatch", "srun", "hvd-stgnn", "train", "--device", "cpu",
+                                  "--device", "cuda", **SLURM_JOB, SLURM_NTASKS_PER_NODE="2", SLURM_GPUS_ON_NODE="1")
+    assert "2 ranks per node but only 1 GPUs per node" in line
+
+
+def test_pbs_refuses_more_ranks_than_gpus_per_node(tmp_path):
+    nodes = _nodefile(tmp_path, "a", "b")
+    # The node's GPUs as nvidia-smi lists them (2 here) against the default 4 ranks per node.
+    line = _refused_before_launch(tmp_path, "pbs_polaris.sh", "mpiexec", "--data", "x.h5", PBS_NODEFILE=nodes,
+                                  FAKE_GPUS="2")
+    assert line.startswith("jobs/pbs_polaris.sh: error: 4 ranks per node but only 2 GPUs per node: ")
+    assert "RANKS_PER_NODE=2" in line and "nvidia-smi -L" in line
+    # RANKS_PER_NODE above GPUS_PER_NODE (given), also under DRY_RUN and with GPU_AFFINITY=none
+    # (every rank sees every GPU, and --device auto would still double up).
+    for affinity in ("reverse", "direct", "none"):
+        r = _run("pbs_polaris.sh", "--data", "x.h5", DRY_RUN="1", PBS_NODEFILE=nodes, RANKS_PER_NODE="8",
+                 GPUS_PER_NODE="4", GPU_AFFINITY=affinity)
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert "8 ranks per node but only 4 GPUs per node" in r.stderr
+
+
+def test_pbs_gpus_per_node_comes_from_the_node(tmp_path):
+    pbs = {"PBS_NODEFILE": _nodefile(tmp_path, "a")}
+    # Two GPUs listed, two ranks: one each, the wrapper counts modulo 2.
+    r = _run("pbs_polaris.sh", "--data", "x.h5", DRY_RUN="1", FAKE_GPUS="2", RANKS_PER_NODE="2", **pbs)
+    assert r.returncode == 0, r.stderr
+    assert "export CUDA_VISIBLE_DEVICES=$((1 - r % 2))" in r.stdout
+    assert "2 GPU(s) per node (nvidia-smi -L)" in r.stderr
+    # nvidia-smi there but no GPU listed: a note, and Polaris' 4.
+    r = _run("pbs_polaris.sh", "--data", "x.h5", DRY_RUN="1", FAKE_GPUS="0", **pbs)
+    assert r.returncode == 0, r.stderr
+    assert "nvidia-smi lists no GPU" in r.stderr and "4 GPU(s) per node (Polaris default)" in r.stderr
+    # GPUS_PER_NODE wins over nvidia-smi; 0 is a CPU-only job with any number of ranks.
+    assert "3 GPU(s) per node (GPUS_PER_NODE)" in _run("pbs_polaris.sh", "true", DRY_RUN="1", GPUS_PER_NODE="3",
+                                                       RANKS_PER_NODE="3", **pbs).stderr
+    r = _run("pbs_polaris.sh", "true", DRY_RUN="1", GPUS_PER_NODE="0", RANKS_PER_NODE="32", DEPTH="1", **pbs)
+    assert r.returncode == 0 and "no GPUs" in r.stderr and r.stdout.startswith("mpiexec -n 32 --ppn 32 ")
+
+
+@pytest.mark.skipif(any(Path(d, "nvidia-smi").exists() for d in ("/usr/bin", "/bin")),
+                    reason="this machine has a real nvidia-smi in /usr/bin")
+def test_pbs_without_nvidia_smi_assumes_polaris(tmp_path):
+    env = {k: v for k, v in _env(DRY_RUN="1", PBS_NODEFILE=_nodefile(tmp_path, "a")).items()}
+    env["PATH"] = "/usr/bin:/bin"  # no stand-in, no nvidia-smi: a login node
+    r = subprocess.run(["bash", str(JOBS / "pbs_polaris.sh"), "true"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "4 GPU(s) per node (Polaris default)" in r.stderr and "nvidia-smi" not in r.stderr
+
+
+@pytest.mark.parametrize("args,env", [
+    (["hvd-stgnn", "train", "--data", "x.h5", "--device", "cpu"], {"RANKS_PER_NODE": "8"}),
+    (["hvd-stgnn", "train", "--data", "x.h5"], {"RANKS_PER_NODE": "8", "ALLOW_GPU_SHARING": "1"}),
+])
+def test_pbs_gpu_check_lets_these_through(tmp_path, args, env):
+    r = _run("pbs_polaris.sh", *args, DRY_RUN="1", PBS_NODEFILE=_nodefile(tmp_path, "a"), **env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("mpiexec -n 8 --ppn 8 ")
+
+
+# ---- MPI thread level and NCCL knobs ----------------------------------------------------------
+
+
+def test_pbs_asks_cray_mpich_for_thread_multiple(tmp_path):
+    nodes = _nodefile(tmp_path, "a")
+    # DRY_RUN: the job log line lists it among the settings in effect; yours is kept.
+    r = _run("pbs_polaris.sh", "--data", "x.h5", DRY_RUN="1", PBS_NODEFILE=nodes)
+    assert r.returncode == 0 and "MPICH_MAX_THREAD_SAFETY=multiple" in r.stderr.split(";")[-1], r.stderr
+    r = _run("pbs_polaris.sh", "--data", "x.h5", DRY_RUN="1", PBS_NODEFILE=nodes, MPICH_MAX_THREAD_SAFETY="funneled",
+             NCCL_DEBUG="INFO")
+    assert "MPICH_MAX_THREAD_SAFETY=funneled" in r.stderr and "multiple" not in r.stderr
+    assert "NCCL_DEBUG=INFO" in r.stderr
+    # For real: exported to mpiexec and so to every rank.
+    path = _fake_launcher(tmp_path / "bin", "mpiexec", 'echo "mpich=$MPICH_MAX_THREAD_SAFETY nccl=${NCCL_DEBUG:-}"\n')
+    r = _run("pbs_polaris.sh", "true", PATH=path, PBS_NODEFILE=nodes, NCCL_DEBUG="INFO")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "mpich=multiple nccl=INFO"
+
+
+def test_slurm_lists_nccl_knobs_in_the_job_log():
+    r = _run("slurm.sbatch", "--data", "x.h5", DRY_RUN="1", SLURM_CPUS_PER_TASK="1", NCCL_DEBUG="INFO",
+             NCCL_SOCKET_IFNAME="ib0")
+    assert r.returncode == 0 and "NCCL_DEBUG=INFO NCCL_SOCKET_IFNAME=ib0" in r.stderr, r.stderr
+    assert "MPICH_MAX_THREAD_SAFETY" not in r.stderr  # a Cray MPICH matter: PBS/Polaris only
+
+
+def test_the_cluster_scripts_keep_their_copies_of_the_helpers_the_same():
+    """slurm.sbatch and pbs_polaris.sh cannot source jobs/common.sh (the scheduler runs a
+    spooled copy), so they carry copies: of common.sh's helpers, and of each other's."""
+    import re
+
+    def functions(path):
+        text = path.read_text()
+        found = {m.group(1): m.group(0)
+                 for m in re.finditer(r"^(\w+)\(\) \{[ \t]*(?:#[^\n]*)?\n.*?^\}$", text, re.S | re.M)}
+        found.update({m.group(1): m.group(0) for m in re.finditer(r"^(\w+)\(\) \{.*\}$", text, re.M)})
+        return found
+
+    common = functions(JOBS / "common.sh")
+    slurm, pbs = functions(JOBS / "slurm.sbatch"), functions(JOBS / "pbs_polaris.sh")
+    for name in ("quote_words", "jemalloc_prefix", "add_threads_flag", "is_dry_run"):
+        assert slurm[name] == common[name] == pbs[name], name
+    for name in ("add_resume_flag", "train_device", "gpu_sharing_check", "run_forwarding_stop"):
+        assert slurm[name] == pbs[name], name

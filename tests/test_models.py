@@ -141,3 +141,137 @@ def test_sparse_operator_gradient_equals_dense():
         (dense(x1) * w).sum().backward()
         (sparse(x2) * w).sum().backward()
         torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
+
+
+# --- graph storage per device, node-first products, stacked directions --------------------
+
+
+def test_auto_graph_storage_depends_on_the_device():
+    from hvd_stgnn.models.graph import DENSE_MAX_NODES, prefer_dense
+
+    # CPU (measured): dense only for small or dense graphs.
+    assert prefer_dense(50, 100) and not prefer_dense(207, 1393)
+    assert prefer_dense(207, int(0.2 * 207 * 207))
+    # CUDA (assumed, not measured): every graph up to DENSE_MAX_NODES, never above.
+    assert prefer_dense(207, 1393, "cuda") and prefer_dense(DENSE_MAX_NODES, 5 * DENSE_MAX_NODES, torch.device("cuda"))
+    assert not prefer_dense(DENSE_MAX_NODES + 1, 10 ** 7, "cuda")
+    ei, ew = _graph(100)
+    for device, dense in (("cpu", False), ("cuda", True)):  # built on the CPU either way
+        model = build_model("tgcn", ModelInputs(ei, ew, 100, 2, 4, 2, hidden=4, device=device))
+        assert model.cell.graph.dense == dense
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_nodes_first_is_the_same_product_without_transposes(mode):
+    from hvd_stgnn.models.graph import random_walk_operators
+
+    ei, ew = _graph(20)
+    x = torch.randn(3, 20, 5)
+    for op in random_walk_operators(ei, ew, 20, mode):
+        torch.testing.assert_close(op.nodes_first(x.transpose(0, 1)).transpose(0, 1), op(x))
+        torch.testing.assert_close(op.nodes_first(x.transpose(0, 1).contiguous()), op(x).transpose(0, 1))
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_direction_stack_applies_every_operator_at_once(mode):
+    from hvd_stgnn.models.graph import DirectionStack, random_walk_operators
+
+    N = 20
+    ei, ew = _graph(N)
+    ops = random_walk_operators(ei, ew, N, mode)
+    stack = DirectionStack(ops)
+    a = torch.randn(2 * N, 6, requires_grad=True)
+    dense = [op.op.to_dense() if not op.dense else op.op for op in ops]
+    each = torch.cat([P @ part for P, part in zip(dense, a.split(N))])
+    total = sum(P @ part for P, part in zip(dense, a.split(N)))
+    torch.testing.assert_close(stack.each(a), each)
+    torch.testing.assert_close(stack.total(a), total)
+    w = torch.randn(N, 6)
+    (grad,) = torch.autograd.grad((stack.total(a) * w).sum(), a)
+    (expected,) = torch.autograd.grad((total * w).sum(), a)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("columns", [3, 40])  # thin (transposed grad_x) and wide
+def test_linear_has_the_gradients_of_f_linear(columns):
+    from hvd_stgnn.models.ops import linear
+
+    x = torch.randn(5, 7, columns, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, columns, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    assert torch.autograd.gradcheck(linear, (x, w, b))
+
+
+def test_compiled_tanh_form_is_tanh():
+    from hvd_stgnn.models.ops import _SigmoidTanh
+
+    x = torch.randn(200, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_SigmoidTanh.apply(x), torch.tanh(x))
+    assert torch.autograd.gradcheck(_SigmoidTanh.apply, (x[:20].detach().requires_grad_(),))
+    x32 = torch.linspace(-20, 20, 10001)
+    assert (_SigmoidTanh.apply(x32) - torch.tanh(x32)).abs().max() < 3e-7
+
+
+# --- bench models: variants, flags, the PyTorch Geometric Temporal baseline -----------------
+
+
+def test_bench_models_rows_record_the_variant():
+    from hvd_stgnn.bench.models import run
+
+    rows = run("tgcn,dcrnn", [12], 2, "tgcn=4,dcrnn=3", 2, 1, precision="bf16", layers=1)
+    assert [r["model"] for r in rows] == ["tgcn", "dcrnn"]
+    for r in rows:
+        assert r["compile"] is False and r["precision"] == "bf16" and r["device"] == "cpu"
+        assert r["impl"] == "hvd_stgnn" and r["pgt_over_ours"] is None and r["step_ms"] > 0
+    assert rows[1]["layers"] == 1 and rows[0]["layers"] is None
+
+
+def test_bench_models_refuses_what_this_machine_cannot_run():
+    from hvd_stgnn.bench.models import run
+    from hvd_stgnn.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="^--device cuda: no GPU"):
+            run("tgcn", [12], 2, "", 2, 1, device="cuda")
+        with pytest.raises(ConfigError, match="^--precision fp16"):
+            run("tgcn", [12], 2, "", 2, 1, precision="fp16")
+
+
+def test_bench_models_flags_parse():
+    from hvd_stgnn.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "models", "--compile", "--nodes", "207", "--precision", "bf16",
+                                      "--device", "cpu", "--against-pgt", "--layers", "1", "--graph-mode", "dense"])
+    assert (args.compile, args.nodes, args.precision, args.device, args.against_pgt, args.layers, args.graph_mode) == (
+        "on", [207], "bf16", "cpu", True, 1, "dense")
+    args = build_parser().parse_args(["bench", "models", "--compile=both"])
+    assert args.compile == "both" and args.precision == "fp32" and not args.against_pgt
+    assert build_parser().parse_args(["bench", "models"]).compile == "off"
+
+
+def test_pgt_baseline_says_how_to_install_it(monkeypatch):
+    from hvd_stgnn.bench import pgt
+    from hvd_stgnn.errors import ConfigError
+
+    monkeypatch.setattr(pgt, "installed_version", lambda: None)
+    pgt.load.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="pip install --no-deps torch-geometric-temporal==0.56.2"):
+            pgt.load()
+    finally:
+        pgt.load.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["a3tgcn", "dcrnn"])
+def test_pgt_baselines_follow_our_model_contract(name):
+    from hvd_stgnn.bench import pgt
+
+    if pgt.installed_version() is None:
+        pytest.skip(f"PyTorch Geometric Temporal is not installed ({pgt.INSTALL})")
+    ei, ew = _graph(12)
+    model = pgt.build(name, ei, ew, in_features=2, input_steps=6, horizon=3, hidden=4, batch_size=2)
+    out = model(torch.randn(2, 6, 12, 2))
+    assert out.shape == (2, 3, 12)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -624,6 +624,17 @@ def torch_doc(rank=0, shift=0.0):
             "distributedInfo": {"backend": "gloo", "rank": rank, "world_size": 2}, "traceEvents": ev}
 
 
+def test_ddp_training_thread_is_a_cpu_thread_on_gpu_traces():
+    """On a GPU the profiler repeats DDP's forward annotation on every CUDA stream as
+    gpu_user_annotation: more of them than on the CPU thread, and never the training thread."""
+    doc = torch_doc()
+    gpu = [{"ph": "X", "cat": "gpu_user_annotation", "name": "DistributedDataParallel.forward", "pid": 0,
+            "tid": stream, "ts": ts, "dur": 50} for stream in (7, 13, 21) for ts in (15, 200, 405, 795)]
+    doc["traceEvents"] += gpu
+    tr = parse_torch_trace(doc, "syn.json")
+    assert tr.main_thread == (7, 1) and len(tr.steps) == 2
+
+
 def test_ddp_parsing_and_arithmetic_on_synthetic_events():
     tr = parse_torch_trace(torch_doc(), "syn.json")
     assert tr.rank == 0 and tr.world_size == 2 and tr.pg_backend == "gloo" and tr.source == "cpu"

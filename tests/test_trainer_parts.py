@@ -186,11 +186,11 @@ def test_batches_carry_their_scaler():
     gather = WindowGather(speed, torch.arange(60).numpy() * 300, 4, 3, mean=55.0, std=6.0)
     batch = gather(torch.tensor([0, 10]))
     assert batch.scaler == Scaler(55.0, 6.0)
-    assert torch.equal(batch.x[..., 0], (speed[[*range(0, 4), *range(10, 14)]].view(2, 4, 5) - 55.0) / 6.0)
+    assert torch.equal(batch.x[..., 0], (speed[[*range(0, 4), *range(10, 14)]].view(2, 4, 5) - 55.0) * (1 / 6.0))
     assert torch.allclose(batch.scaler.inverse(batch.scaler.transform(batch.y)), batch.y)
     batch.mask[0, 0, 0] = False
     teacher = batch.normalized_targets()
-    assert teacher[0, 0, 0] == 0 and torch.equal(teacher[1], (batch.y[1] - 55.0) / 6.0)
+    assert teacher[0, 0, 0] == 0 and torch.equal(teacher[1], (batch.y[1] - 55.0) * (1 / 6.0))
 
 
 # --- agreement ----------------------------------------------------------------------------

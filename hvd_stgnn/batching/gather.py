@@ -96,10 +96,10 @@ class WindowGather:
         inputs, y = window[:, :L], window[:, L:]
         present = is_present(inputs)
         # Missing inputs become 0 after normalization, i.e. the training mean.
-        speed = torch.where(present, self.scaler.transform(inputs), torch.zeros((), device=self.device))
+        speed = self.scaler.transform(inputs).masked_fill(~present, 0.0)
         time = self.time_features[steps[:, :L]]  # (B, L, 1|2), broadcast over sensors
         x = torch.cat([speed[..., None], time[:, :, None, :].expand(-1, -1, N, -1)], dim=-1)
 
         mask = is_present(y)
-        y = torch.where(mask, y, torch.zeros((), device=self.device))
+        y = y.masked_fill(~mask, 0.0)
         return Batch(x=x, y=y, mask=mask, scaler=self.scaler)

@@ -63,8 +63,10 @@ class Scaler:
     std: float
 
     def transform(self, x):
-        """Raw speeds -> normalized (any shape)."""
-        return (x - self.mean) / self.std
+        """Raw speeds -> normalized (any shape): (x - mean) * (1 / std). A multiplication by
+        the reciprocal, not a division: CUDA divides by a Python number that way, the CPU
+        exactly, and one formulation makes CPU and GPU batches bit-equal."""
+        return (x - self.mean) * (1.0 / self.std)
 
     def inverse(self, z):
         """Normalized (e.g. a model's output (B, H, N)) -> raw speeds."""

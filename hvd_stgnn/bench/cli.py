@@ -32,6 +32,14 @@ MODELS_COLUMNS: tuple[Column, ...] = (
     ("graph", "graph", 6, ""), ("params", "parameters", 9, ","), ("step ms", "step_ms", 9, ".1f"),
 )
 
+# `bench models` prints these: the variant (ours eager/compiled, precision, or PGT's) and the ratio.
+MODELS_RUN_COLUMNS: tuple[Column, ...] = (
+    ("model", "model", 8, ""), ("impl", "impl", 10, ""), ("N", "nodes", 7, ""), ("B", "batch_size", 4, ""),
+    ("hidden", "hidden", 6, ""), ("graph", "graph", 9, ""), ("compile", "compile", 7, ""),
+    ("prec", "precision", 5, ""), ("params", "parameters", 9, ","), ("step ms", "step_ms", 9, ".1f"),
+    ("PGT/ours", "pgt_over_ours", 8, ""),
+)
+
 
 def print_rows(rows: list[dict], columns: tuple[Column, ...], as_json: bool) -> None:
     """`rows` as JSON, or as a right-aligned table of `columns`."""
@@ -101,8 +109,13 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
 
     _use_threads(args.threads)
     # --models and --hidden are parsed (and their defaults applied) by bench/models.py.
-    rows = models.run(args.models, args.nodes, args.batch_size, args.hidden, args.large_batch_size, args.steps)
-    print_rows(rows, MODELS_COLUMNS, args.json)
+    rows = models.run(args.models, args.nodes, args.batch_size, args.hidden, args.large_batch_size, args.steps,
+                      compile=args.compile, precision=args.precision, device=args.device,
+                      graph_mode=args.graph_mode, layers=args.layers, against_pgt=args.against_pgt)
+    if not args.json:  # the text table: booleans as on/off, a missing ratio as "-"
+        rows = [{**r, "compile": "on" if r["compile"] else "off",
+                 "pgt_over_ours": "-" if r["pgt_over_ours"] is None else f"{r['pgt_over_ours']:.2f}x"} for r in rows]
+    print_rows(rows, MODELS_RUN_COLUMNS, args.json)
     return 0
 
 
@@ -160,7 +173,20 @@ def add_parsers(subcommands: argparse._SubParsersAction) -> None:
     bmod.add_argument("--batch-size", type=int, default=64)
     bmod.add_argument("--large-batch-size", type=int, default=8, help="batch size for N > 2048 (default: 8)")
     bmod.add_argument("--hidden", default="", help="per-model hidden sizes, e.g. tgcn=64,a3tgcn=32 (default: 64; a3tgcn 32)")
-    bmod.add_argument("--steps", type=int, default=5, help="timed steps per model (after 2 warm-up steps)")
+    bmod.add_argument("--steps", type=int, default=5, help="timed steps per variant, round-robin (after 2 warm-up "
+                      "steps; 3 when compiled)")
+    bmod.add_argument("--layers", type=int, default=2, help="DCRNN's recurrent layers (default: 2)")
+    bmod.add_argument("--graph-mode", choices=["auto", "dense", "sparse"], default="auto",
+                      help="graph operator storage (auto: per device, models/graph.py)")
+    bmod.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
+                      help="time our models under hvd_stgnn.models.compile_model; --compile=both: eager and "
+                      "compiled side by side")
+    bmod.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                      help="autocast of our models' forward (bf16: CPU or GPU; fp16: GPU, with a GradScaler)")
+    bmod.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bmod.add_argument("--against-pgt", action="store_true",
+                      help="also time PyTorch Geometric Temporal's A3TGCN2 / BatchedDCRNN at the same shape "
+                      "(bench/pgt.py; the PGT/ours column)")
     bmod.add_argument("--threads", type=int, default=0)
     bmod.add_argument("--json", action="store_true")
     bmod.set_defaults(func=cmd_bench_models)

@@ -25,26 +25,20 @@ command, the table and the ratios) and OUT/compare.png (grouped bars).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import os
-import platform
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
+from hvd_stgnn.bench.jobs import LAUNCHER, available_cores, job_environment, run_job, train_executable, warm_page_cache
+from hvd_stgnn.bench.report import (
+    data_summary, fmt_mb, fmt_num, fmt_pct, invoked_command, machine_info, versions, write_csv,
+)
 from hvd_stgnn.errors import ConfigError, UserError
 from hvd_stgnn.results import Results, ResultsFileError
 
-REPO = Path(__file__).resolve().parents[2]
-LAUNCHER = REPO / "jobs" / "local.sh"
 DEFAULT_CACHE = Path.home() / ".cache" / "hvd_stgnn" / "data"
 DEFAULT_FUSION_MB = 25.0  # torch's default bucket_cap_mb; Horovod's default fusion threshold is 128 MiB
 
@@ -209,40 +203,18 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _num(x: float) -> str:
-    """About 3 significant digits, never in exponent form: 0.0123, 1.23, 12.3, 1234."""
-    x = float(x)
-    if x != x:
-        return "n/a"
-    if x == 0 or abs(x) >= 100:
-        return f"{x:.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    if abs(x) >= 1:
-        return f"{x:.2f}"
-    return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.1e}"
-
-
-def _mb(n: float) -> str:
-    return _num(n / 1e6)
-
-
 def markdown_table(rows: list[dict]) -> str:
     head = ("| config | np | end-to-end s | prepare s | epoch s | samples/s | peak RSS/rank MB "
             "| node memory MB | data MB/rank | GPU peak MB | final val MAE |")
     lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['np']} | {_num(r['end_to_end_seconds'])} | {_num(r['prepare_seconds'])} "
-            f"| {_num(r['epoch_seconds_median'])} | {_num(r['samples_per_second'])} | {_mb(r['peak_rss_bytes'])} "
-            f"| {_mb(r['node_memory_bytes'])} | {_mb(r['data_bytes_per_rank'])} | {_mb(r['gpu_peak_bytes'])} "
+            f"| {r['name']} | {r['np']} | {fmt_num(r['end_to_end_seconds'])} | {fmt_num(r['prepare_seconds'])} "
+            f"| {fmt_num(r['epoch_seconds_median'])} | {fmt_num(r['samples_per_second'])} | {fmt_mb(r['peak_rss_bytes'])} "
+            f"| {fmt_mb(r['node_memory_bytes'])} | {fmt_mb(r['data_bytes_per_rank'])} | {fmt_mb(r['gpu_peak_bytes'])} "
             f"| {r['final_val_mae']:.4f} |"
         )
     return "\n".join(lines)
-
-
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None else f"{100 * x:.{digits}f} %"
 
 
 def ratios_table(ratio_rows: list[dict]) -> str:
@@ -253,35 +225,9 @@ def ratios_table(ratio_rows: list[dict]) -> str:
     ]
     for r in ratio_rows:
         time_ratio = "n/a" if r["end_to_end_ratio"] is None else f"{r['end_to_end_ratio']:.2f}x"
-        lines.append(f"| {r['np']} | {_pct(r['node_memory_share'])} | {time_ratio} "
-                     f"| {_pct(r['data_bytes_share'])} | {_pct(r['val_mae_spread'], 3)} |")
+        lines.append(f"| {r['np']} | {fmt_pct(r['node_memory_share'])} | {time_ratio} "
+                     f"| {fmt_pct(r['data_bytes_share'])} | {fmt_pct(r['val_mae_spread'], 3)} |")
     return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = CSV_COLUMNS) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-
-
-def read_csv(path: Path) -> list[dict]:
-    """compare.csv back into rows (numbers as int / float)."""
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict = {}
-            for key, value in raw.items():
-                if key in ("name", "backend", "data_mode"):
-                    row[key] = value
-                else:
-                    try:
-                        row[key] = int(value)
-                    except ValueError:
-                        row[key] = float(value)
-            rows.append(row)
-    return rows
 
 
 def plot(rows: list[dict], path: Path, title: str = "") -> None:
@@ -321,67 +267,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-# --- machine and versions ---------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() in ("model name", "Model", "cpu model"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _total_ram_bytes() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def machine_info() -> dict:
-    return {"host": socket.gethostname(), "cores": available_cores(), "cpu": _cpu_model(),
-            "ram_bytes": _total_ram_bytes()}
-
-
-def available_cores() -> int:
-    """What `nproc` prints (the CPUs this process may run on)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def versions(env: dict | None = None) -> dict:
-    try:
-        proc = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=30,
-                              env=env or job_environment(1))
-        mpi = (proc.stdout.strip().splitlines() or ["unknown"])[0]
-    except (OSError, subprocess.SubprocessError):
-        mpi = "mpirun not found"
-    return {"python": platform.python_version(), "torch": _version("torch"), "horovod": _version("horovod"),
-            "mpi4py": _version("mpi4py"), "mpirun": mpi}
-
-
 # --- running the jobs -------------------------------------------------------------------------
-
-
-def train_executable() -> list[str]:
-    """`hvd-stgnn` of this interpreter's environment (or `python -m hvd_stgnn`)."""
-    script = Path(sys.executable).parent / "hvd-stgnn"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "hvd_stgnn"]
 
 
 def job_command(variant: Variant, np_: int, settings: Settings, results: Path) -> list[str]:
@@ -394,72 +280,6 @@ def job_command(variant: Variant, np_: int, settings: Settings, results: Path) -
             "--fusion-threshold-mb", f"{settings.fusion_mb:g}", "--no-baselines",
             *variant.train_flags(), *settings.train_args, "--results", str(results)]
     return cmd
-
-
-def job_environment(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def _tail(text: str, lines: int = 20) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()][-lines:]
-
-
-def _error_line(stderr: str) -> str:
-    """The line that says what went wrong: our own error line if there is one."""
-    lines = _tail(stderr, 200)
-    ours = [line for line in lines if line.startswith("hvd-stgnn")]
-    if ours:
-        return ours[-1]
-    errors = [line for line in lines if "Error" in line or "error" in line]
-    return (errors or lines or ["(no stderr)"])[-1].strip()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End a job we started: SIGTERM to its process group (mpirun forwards it), then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_job(cmd: list[str], env: dict, label: str, log: Path, timeout: float = 0) -> float:
-    """Run one mpirun job; stdout/stderr go to `log`. Returns its wall-clock seconds.
-    Raises UserError naming the job when it fails or runs past `timeout` (0: no limit)."""
-    out_path, err_path = log.with_suffix(".stdout.tmp"), log.with_suffix(".stderr.tmp")
-    status: int | str
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO, start_new_session=True)
-        try:
-            status = proc.wait(timeout or None)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            status = f"timed out after {timeout:g} s"
-        except BaseException:  # Ctrl-C: do not leave the ranks running
-            _stop(proc)
-            raise
-        seconds = time.perf_counter() - t0
-    stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
-    log.write_text(f"# job: {label}\n# command: {shlex.join(cmd)}\n# OMP_NUM_THREADS={env.get('OMP_NUM_THREADS')}\n"
-                   f"# exit status: {status}; wall clock {seconds:.2f} s\n"
-                   f"## stdout\n{stdout}\n## stderr\n{stderr}")
-    out_path.unlink()
-    err_path.unlink()
-    if status != 0:
-        how = status if isinstance(status, str) else f"exit status {status}"
-        raise UserError(f"job {label} failed ({how}): {_error_line(stderr)} | command: {shlex.join(cmd)} "
-                        f"| full stdout/stderr: {log}")
-    return seconds
 
 
 def run_matrix(settings: Settings, nps: list[int], repeats: int, out: Path,
@@ -500,16 +320,6 @@ def run_matrix(settings: Settings, nps: list[int], repeats: int, out: Path,
 # --- the report -------------------------------------------------------------------------------
 
 
-def _data_summary(path: Path) -> str:
-    try:
-        from hvd_stgnn.data.hdf5 import read_metadata
-
-        meta = read_metadata(path)
-        return f"`{path}` ({meta.num_nodes} sensors x {meta.num_steps} steps)"
-    except Exception:  # noqa: BLE001 - the report should not fail on the summary
-        return f"`{path}`"
-
-
 def report(rows: list[dict], settings: Settings, nps: list[int], repeats: int, *, command: str,
            invoked: str = "", source: str = "", machine: dict | None = None, vers: dict | None = None,
            date: str = "") -> str:
@@ -530,7 +340,7 @@ def report(rows: list[dict], settings: Settings, nps: list[int], repeats: int, *
         f"{machine['ram_bytes'] / 2**30:.1f} GiB RAM",
         f"- versions: Python {vers['python']}, torch {vers['torch']}, Horovod {vers['horovod']}, "
         f"mpi4py {vers['mpi4py']}, {vers['mpirun']}",
-        f"- data: {source + ', ' if source else ''}{_data_summary(settings.data)}",
+        f"- data: {source + ', ' if source else ''}{data_summary(settings.data)}",
         f"- every job: model {settings.model}, hidden {settings.hidden or 'trainer default'}, {settings.epochs} epoch(s), "
         f"batch {settings.batch_size} per rank (global np x {settings.batch_size}), seed {settings.seed}, "
         f"learning rate: the trainer's rule (not scaled by np unless --train-args says so), "
@@ -590,14 +400,6 @@ def explicit_command(args: argparse.Namespace, nps: list[int]) -> str:
     return shlex.join(cmd + ["--out", args.out])
 
 
-def _invoked_command() -> str:
-    """The command line as typed, when this process is the hvd-stgnn CLI."""
-    argv0 = Path(sys.argv[0]).name if sys.argv else ""
-    if argv0 == "hvd-stgnn" or (argv0 == "__main__.py" and "hvd_stgnn" in sys.argv[0]):
-        return shlex.join(["hvd-stgnn", *sys.argv[1:]])
-    return ""
-
-
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -652,16 +454,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = Settings(data=data, model=args.model, hidden=args.hidden, epochs=args.epochs,
                         batch_size=args.batch_size, seed=args.seed, threads=args.threads,
                         fusion_mb=args.fusion_threshold_mb, train_args=train_args, cores=available_cores())
-    with open(data, "rb") as f:  # warm the page cache so the first job does not pay for the disk alone
-        while f.read(1 << 24):
-            pass
+    warm_page_cache(data)
 
     jobs = run_matrix(settings, nps, args.repeats, out, timeout=args.job_timeout)
     write_csv(jobs, out / "raw" / "jobs.csv", ("repeat", *CSV_COLUMNS))
     rows = median_rows(jobs)
-    write_csv(rows, out / "compare.csv")
+    write_csv(rows, out / "compare.csv", CSV_COLUMNS)
     text = report(rows, settings, nps, args.repeats, command=explicit_command(args, nps),
-                  invoked=_invoked_command(), source=source)
+                  invoked=invoked_command(), source=source)
     (out / "compare.md").write_text(text)
     plot(rows, out / "compare.png",
          title=f"{data.name}: {settings.model}, {settings.epochs} epoch(s), batch {settings.batch_size}/rank"

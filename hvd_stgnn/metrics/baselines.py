@@ -50,17 +50,19 @@ def slot_sums(series: np.ndarray, slots: np.ndarray, num_slots: int, t0: int, t1
 
 
 class HistoricalAverage:
-    """Predicts speed at a step from its slot's training mean: table (num_slots, N)."""
+    """Predicts speed at a step from its slot's training mean: table (num_slots, N), held on
+    `device` (where the batches are), so a prediction is one gather there."""
 
-    def __init__(self, sums: np.ndarray, slots: np.ndarray, input_steps: int, horizon: int, fallback: float):
+    def __init__(self, sums: np.ndarray, slots: np.ndarray, input_steps: int, horizon: int, fallback: float,
+                 device: torch.device | str = "cpu"):
         total, count = sums
         sensor_mean = np.divide(total.sum(0), count.sum(0), out=np.full(total.shape[1], fallback), where=count.sum(0) > 0)
         table = np.divide(total, count, out=np.broadcast_to(sensor_mean, total.shape).copy(), where=count > 0)
-        self.table = torch.from_numpy(table.astype(np.float32))
-        self.slots = torch.from_numpy(slots.astype(np.int64))
-        self.offsets = input_steps + torch.arange(horizon)
+        self.table = torch.from_numpy(table.astype(np.float32)).to(device)
+        self.slots = torch.from_numpy(slots.astype(np.int64)).to(device)
+        self.offsets = input_steps + torch.arange(horizon, device=device)
 
     def __call__(self, starts: torch.Tensor) -> torch.Tensor:
         """starts (B,) -> predictions (B, H, N) for the target steps of each window."""
-        steps = starts.cpu()[:, None] + self.offsets  # (B, H)
+        steps = starts.to(self.offsets.device)[:, None] + self.offsets  # (B, H)
         return self.table[self.slots[steps]]

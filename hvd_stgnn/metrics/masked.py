@@ -28,7 +28,8 @@ class HorizonErrorSums:
             m = mask.to(torch.float64)
             err = (pred.to(torch.float64) - target.to(torch.float64)) * m
             abs_err = err.abs()
-            safe_target = torch.where(mask, target.to(torch.float64).abs(), torch.ones((), dtype=torch.float64))
+            # masked_fill with a Python number: no CPU tensor in a device op
+            safe_target = target.to(torch.float64).abs().masked_fill(~mask, 1.0)
             batch = torch.stack(
                 [
                     abs_err.sum(dim=(0, 2)),

@@ -5,7 +5,15 @@ Contract for every model:
 predictions of normalized speed. `teacher` is the normalized target (missing entries 0),
 passed by the trainer only in training and only to models with `uses_teacher = True`
 (DCRNN's scheduled sampling); others ignore it. One static graph is shared by the whole
-batch; graph operators are built once in the builder (models/graph.py).
+batch; graph operators are built once in the builder (models/graph.py), dense or sparse as
+`graph_mode` and, for "auto", the device the model will run on decide.
+
+`compile_model(model)` (models/compile.py) is what `train --compile` and `bench models
+--compile` apply: torch.compile of each model's per-step function (or, for Graph WaveNet, the
+whole forward), in place. `prefers_cudnn_benchmark(model)`: whether the trainer should set
+torch.backends.cudnn.benchmark on CUDA (Graph WaveNet). Every model runs under CPU or GPU
+autocast (bf16; fp16 on a GPU): sparse graph products run in float32 inside it and the
+recurrent state stays float32.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import torch
 from torch import nn
 
 from hvd_stgnn.models.a3tgcn import A3TGCN
+from hvd_stgnn.models.compile import compile_model, prefers_cudnn_benchmark
 from hvd_stgnn.models.dcrnn import build_dcrnn
 from hvd_stgnn.models.graph import GCNOperator
 from hvd_stgnn.models.gwnet import build_gwnet
@@ -38,17 +47,18 @@ class ModelInputs:
     teacher_decay: int = 0  # DCRNN scheduled sampling: cl_decay_steps (0: off)
     adaptive_adjacency: bool = True  # Graph WaveNet: learned adjacency (dense graphs only)
     self_loop_weight: float = 8.0  # T-GCN, A3T-GCN: weight w of the GCN's self-loops, Â = norm(A + w I)
+    device: str = "cpu"  # where the model will run: graph_mode "auto" chooses dense/sparse per device (graph.prefer_dense)
 
 
 def _tgcn(m: ModelInputs) -> nn.Module:
     graph = GCNOperator(m.edge_index, m.edge_weight, m.num_nodes, symmetric=True, mode=m.graph_mode,
-                         self_loop_weight=m.self_loop_weight)
+                         self_loop_weight=m.self_loop_weight, device=m.device)
     return TGCN(graph, m.in_features, m.horizon, hidden=m.hidden)
 
 
 def _a3tgcn(m: ModelInputs) -> nn.Module:
     graph = GCNOperator(m.edge_index, m.edge_weight, m.num_nodes, symmetric=True, mode=m.graph_mode,
-                         self_loop_weight=m.self_loop_weight)
+                         self_loop_weight=m.self_loop_weight, device=m.device)
     return A3TGCN(graph, m.in_features, m.horizon, hidden=m.hidden)
 
 
@@ -66,4 +76,4 @@ def build_model(name: str, inputs: ModelInputs) -> nn.Module:
     return MODELS[name](inputs)
 
 
-__all__ = ["MODELS", "ModelInputs", "build_model"]
+__all__ = ["MODELS", "ModelInputs", "build_model", "compile_model", "prefers_cudnn_benchmark"]

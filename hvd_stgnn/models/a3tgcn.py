@@ -6,7 +6,10 @@ turns the GRU into L independent graph convolutions). Attention scores every hid
 state with a small MLP, e_t = v^T tanh(W h_t + b), softmax over t per node and sample;
 the context sum_t a_t h_t goes through a linear layer to the H future steps.
 
-Input x: (B, L, N, F); output: (B, H, N) normalized speed.
+Input x: (B, L, N, F); output: (B, H, N) normalized speed. Inside, tensors are node-major
+(models/tgcn.py). Each state is scored in the step that makes it (`step`: the cell and the
+score together, one compiled region under compile_model), so the score's (L, N, B, hidden)
+intermediate never exists as a whole; `attend` takes the L states and scores.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import torch
 from torch import nn
 
 from hvd_stgnn.models.graph import GCNOperator
+from hvd_stgnn.models.ops import linear, tanh
 from hvd_stgnn.models.tgcn import TGCNCell
 
 
 class A3TGCN(nn.Module):
+    compile_targets = ("step", "attend")  # compile_model (models/compile.py)
+
     def __init__(self, graph: GCNOperator, in_features: int, horizon: int, hidden: int = 64, attention: int = 0) -> None:
         super().__init__()
         self.cell = TGCNCell(graph, in_features, hidden)
@@ -26,14 +32,31 @@ class A3TGCN(nn.Module):
         self.score = nn.Sequential(nn.Linear(hidden, attention), nn.Tanh(), nn.Linear(attention, 1, bias=False))
         self.head = nn.Linear(hidden, horizon)
 
+    def score_of(self, h: torch.Tensor) -> torch.Tensor:
+        """e = v^T tanh(W h + b): (..., hidden) -> (..., 1), with `score`'s parameters (the last
+        product as a multiply-and-sum, which compiles into the tanh's loop)."""
+        first = self.score[0]
+        return (tanh(linear(h, first.weight, first.bias)) * self.score[2].weight[0]).sum(-1, keepdim=True)
+
+    def step(self, x_t: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One recurrent step, node-major: the new state (N, B, hidden) and its score (N, B, 1)."""
+        h = self.cell(x_t, h)
+        return h, self.score_of(h)
+
     def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
         B, L, N, _ = x.shape
-        h = x.new_zeros(B, N, self.cell.hidden)
-        states = []
+        steps = x.permute(1, 2, 0, 3).contiguous()  # (L, N, B, F): steps[t] is contiguous
+        h = x.new_zeros(N, B, self.cell.hidden)
+        states, scores = [], []
         for t in range(L):
-            h = self.cell(x[:, t], h)
+            h, e = self.step(steps[t], h)
             states.append(h)
-        hs = torch.stack(states, dim=1)  # (B, L, N, hidden)
-        weights = torch.softmax(self.score(hs), dim=1)  # (B, L, N, 1), over time
-        context = (weights * hs).sum(dim=1)  # (B, N, hidden)
-        return self.head(context).transpose(1, 2)  # (B, H, N)
+            scores.append(e)
+        return self.attend(states, scores)
+
+    def attend(self, states: list[torch.Tensor], scores: list[torch.Tensor]) -> torch.Tensor:
+        """The L states (N, B, hidden) and their scores (N, B, 1) -> (B, H, N). Stacked here,
+        inside what compile_model compiles: the weighted sum then reads each state once."""
+        weights = torch.softmax(torch.stack(scores), dim=0)  # (L, N, B, 1), over time
+        context = (weights * torch.stack(states)).sum(dim=0)  # (N, B, hidden)
+        return self.head(context).permute(1, 2, 0)  # (N, B, H) -> (B, H, N)

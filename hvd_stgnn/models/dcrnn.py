@@ -6,8 +6,10 @@ Input x: (B, L, N, F); output: (B, H, N) predictions of normalized speed. The en
 steps on a one-value-per-node input: zeros (the GO symbol) first, then its own previous
 prediction, or, with scheduled sampling in training, sometimes the ground truth.
 
-Everything is batched: one (B, N, C) tensor per step, the graph applied to all B samples
-at once by the shared sparse or dense operators of models/graph.py.
+Everything is batched: one node-major (N, B, C) tensor per step (models/tgcn.py), the
+graph applied to all B samples at once by the shared sparse or dense operators of
+models/graph.py, both diffusion directions in one product (graph.DirectionStack). The
+input is permuted once per forward and the output once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hvd_stgnn.models.graph import PropagationMatrix, random_walk_operators
+from hvd_stgnn.models.graph import DirectionStack, PropagationMatrix, random_walk_operators
+from hvd_stgnn.models.ops import linear, tanh
 
 if TYPE_CHECKING:  # models/__init__.py imports this module
     from hvd_stgnn.models import ModelInputs
@@ -44,13 +47,16 @@ class DiffusionConv(nn.Module):
     instead of the (B, N, T * C) concatenation: 2.5x less activation memory for the
     whole model at the defaults (2.2 vs 5.5 GB at N = 11,160, B = 2), and fewer
     memory-bound passes than the three-term recurrence. `reference` is the literal
-    concatenate-then-project form, kept for tests.
+    concatenate-then-project form, kept for tests. The directions' Horner steps run together
+    (`nodes_first`): K products per call whatever the number of directions, not 2K.
     """
 
     def __init__(self, operators: list[PropagationMatrix], in_features: int, out_features: int,
-                 diffusion_steps: int = 2, bias_start: float = 0.0) -> None:
+                 diffusion_steps: int = 2, bias_start: float = 0.0, stack: DirectionStack | None = None) -> None:
         super().__init__()
         self.operators = nn.ModuleList(operators)  # shared with the other cells: buffers only
+        # The operators applied together (graph.DirectionStack): shared too when given.
+        self.stack = stack if stack is not None else DirectionStack(operators)
         self.k = diffusion_steps
         self.in_features = in_features
         self.out_features = out_features
@@ -91,25 +97,39 @@ class DiffusionConv(nn.Module):
         """The definition: concatenate the terms, project by one Linear. (B, N, C) -> (B, N, out)."""
         return self.linear(self.terms(x).flatten(-2))
 
+    def power_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Linear's weight in the power basis, one (T * O, C) matrix, and its bias padded to T * O.
+
+        The Chebyshev weights map to the power basis by a fixed (T, T) mix; the bias rides on
+        the identity term so that the GEMM adds it. A recurrent model computes this once per
+        forward pass and hands it to every step (`nodes_first`)."""
+        T, C, O = self.num_terms, self.in_features, self.out_features
+        w = torch.einsum("st,otc->soc", self.to_powers, self.linear.weight.view(O, T, C)).reshape(T * O, C)
+        return w, F.pad(self.linear.bias, (0, (T - 1) * O))
+
+    def nodes_first(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (N, B, C) node-major -> (N, B, out), with (w, bias) = power_weights()."""
+        T, O, K, D = self.num_terms, self.out_features, self.k, len(self.operators)
+        # Every term's projection in one GEMM; unbind, not indexing: its backward stacks the T
+        # gradients once, where each slice's backward would zero-fill a whole (N, B, T, O) tensor.
+        y = linear(x, w, bias).unflatten(-1, (T, O)).unbind(-2)  # T x (N, B, O)
+        if K == 0 or D == 0:
+            return y[0]
+        # Horner over all directions at once, stacked on the node axis (D * N, B * O): Y_K, then
+        # Y_j + P acc for j = K-1..1 (P_d on block d: one block-diagonal product), then the sum
+        # over d of P_d acc_d (one product with [P_1 ... P_D]).
+        acc = self._level(y, K)
+        for j in range(K - 1, 0, -1):
+            acc = self._level(y, j) + self.stack.each(acc.flatten(1)).view_as(acc)
+        return y[0] + self.stack.total(acc.flatten(1)).view_as(y[0])
+
+    def _level(self, y: tuple, j: int) -> torch.Tensor:
+        """The power-j terms of every direction, (D * N, B, O), direction-major."""
+        return torch.cat([y[1 + d * self.k + j - 1] for d in range(len(self.operators))])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, N, C) -> (B, N, out); equal to `reference(x)` up to rounding."""
-        T, C, O, K = self.num_terms, self.in_features, self.out_features, self.k
-        # Linear weight (O, T*C), term-major -> power basis, as one (T*O, C) matrix; the
-        # bias rides on the identity term so the GEMM adds it.
-        w = torch.einsum("st,otc->soc", self.to_powers, self.linear.weight.view(O, T, C)).reshape(T * O, C)
-        bias = F.pad(self.linear.bias, (0, (T - 1) * O))
-        # unbind, not indexing: its backward stacks the T gradients once, where each
-        # slice's backward would zero-fill a whole (B, N, T, O) tensor.
-        y = F.linear(x, w, bias).unflatten(-1, (T, O)).unbind(-2)  # T x (B, N, O)
-        out = y[0]
-        for d, op in enumerate(self.operators):
-            acc = None  # Horner: Y_K, then Y_j + P acc for j = K-1..1, then P acc
-            for j in range(K, 0, -1):
-                yj = y[1 + d * K + j - 1]
-                acc = yj if acc is None else yj + op(acc)
-            if acc is not None:
-                out = out + op(acc)
-        return out
+        return self.nodes_first(x.transpose(0, 1), *self.power_weights()).transpose(0, 1)
 
 
 class DCGRUCell(nn.Module):
@@ -119,19 +139,27 @@ class DCGRUCell(nn.Module):
     """
 
     def __init__(self, operators: list[PropagationMatrix], in_features: int, hidden: int,
-                 diffusion_steps: int = 2) -> None:
+                 diffusion_steps: int = 2, stack: DirectionStack | None = None) -> None:
         super().__init__()
         self.hidden = hidden
+        stack = stack if stack is not None else DirectionStack(operators)
         # Gate bias 1.0 (gates start mostly open), as the reference implementation.
-        self.gates = DiffusionConv(operators, in_features + hidden, 2 * hidden, diffusion_steps, bias_start=1.0)
-        self.candidate = DiffusionConv(operators, in_features + hidden, hidden, diffusion_steps, bias_start=0.0)
+        self.gates = DiffusionConv(operators, in_features + hidden, 2 * hidden, diffusion_steps, 1.0, stack)
+        self.candidate = DiffusionConv(operators, in_features + hidden, hidden, diffusion_steps, 0.0, stack)
 
-    def forward(self, x_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """x_t: (B, N, in_features), h: (B, N, hidden) -> new h (B, N, hidden)."""
-        r, u = torch.sigmoid(self.gates(torch.cat([x_t, h], dim=-1))).chunk(2, dim=-1)
-        c = torch.tanh(self.candidate(torch.cat([x_t, r * h], dim=-1)))
+    def power_weights(self) -> tuple:
+        """Both convolutions' power_weights(), for `forward`'s `weights`."""
+        return self.gates.power_weights(), self.candidate.power_weights()
+
+    def forward(self, x_t: torch.Tensor, h: torch.Tensor, weights: tuple | None = None) -> torch.Tensor:
+        """x_t: (N, B, in_features), h: (N, B, hidden) -> new h (N, B, hidden), node-major.
+        `weights`: power_weights(), computed here when not given (DCRNN computes it once per pass)."""
+        (wg, bg), (wc, bc) = weights if weights is not None else self.power_weights()
+        r, u = torch.sigmoid(self.gates.nodes_first(torch.cat([x_t, h], dim=-1), wg, bg)).chunk(2, dim=-1)
+        c = tanh(self.candidate.nodes_first(torch.cat([x_t, r * h], dim=-1), wc, bc))
         # u * h + (1 - u) * c in one pass; lerp saves only c, h, u, which autograd keeps anyway.
-        return torch.lerp(c, h, u)
+        # Under autocast the state stays in its own dtype (float32).
+        return torch.lerp(c.to(h.dtype), h, u.to(h.dtype))
 
 
 class DCRNN(nn.Module):
@@ -145,6 +173,7 @@ class DCRNN(nn.Module):
     """
 
     uses_teacher = True
+    compile_targets = ("encoder", "decoder")  # compile_model: every DCGRU cell (models/compile.py)
 
     def __init__(self, operators: list[PropagationMatrix], in_features: int, horizon: int, hidden: int = 64,
                  layers: int = 2, diffusion_steps: int = 2, teacher_decay: int = 0) -> None:
@@ -154,11 +183,13 @@ class DCRNN(nn.Module):
         self.horizon = horizon
         self.hidden = hidden
         self.teacher_decay = teacher_decay
+        stack = DirectionStack(operators)  # one for every cell
         self.encoder = nn.ModuleList(
-            DCGRUCell(operators, in_features if i == 0 else hidden, hidden, diffusion_steps) for i in range(layers)
+            DCGRUCell(operators, in_features if i == 0 else hidden, hidden, diffusion_steps, stack)
+            for i in range(layers)
         )
         self.decoder = nn.ModuleList(
-            DCGRUCell(operators, 1 if i == 0 else hidden, hidden, diffusion_steps) for i in range(layers)
+            DCGRUCell(operators, 1 if i == 0 else hidden, hidden, diffusion_steps, stack) for i in range(layers)
         )
         self.project = nn.Linear(hidden, 1)
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
@@ -171,33 +202,37 @@ class DCRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
         B, L, N, _ = x.shape
-        hs = [x.new_zeros(B, N, self.hidden) for _ in self.encoder]
+        steps = x.permute(1, 2, 0, 3).contiguous()  # (L, N, B, F), node-major: steps[t] is contiguous
+        hs = [x.new_zeros(N, B, self.hidden) for _ in self.encoder]
+        weights = [cell.power_weights() for cell in self.encoder]  # once per pass, not per step
         for t in range(L):
-            inp = x[:, t]
+            inp = steps[t]
             for i, cell in enumerate(self.encoder):
-                hs[i] = inp = cell(inp, hs[i])
+                hs[i] = inp = cell(inp, hs[i], weights[i])
 
         sample = self.training and teacher is not None and self.teacher_decay > 0
         if sample:
             # Coins drawn on x's device and chosen by torch.where: no host sync per step.
             coins = torch.rand(self.horizon, device=x.device) < self.sampling_probability()
-        inp = x.new_zeros(B, N, 1)  # GO symbol
+            truth = teacher.permute(1, 2, 0).unsqueeze(-1)  # (H, N, B, 1)
+        weights = [cell.power_weights() for cell in self.decoder]
+        inp = x.new_zeros(N, B, 1)  # GO symbol
         preds = []
         for t in range(self.horizon):
             out = inp
             for i, cell in enumerate(self.decoder):
-                hs[i] = out = cell(out, hs[i])
-            pred = self.project(out)  # (B, N, 1)
+                hs[i] = out = cell(out, hs[i], weights[i])
+            pred = self.project(out)  # (N, B, 1)
             preds.append(pred)
-            inp = torch.where(coins[t], teacher[:, t].unsqueeze(-1), pred) if sample else pred
+            inp = torch.where(coins[t], truth[t], pred) if sample else pred
         if self.training:
             self.batches_seen += 1
-        return torch.cat(preds, dim=-1).transpose(1, 2)  # (B, N, H) -> (B, H, N)
+        return torch.cat(preds, dim=-1).permute(1, 2, 0)  # (N, B, H) -> (B, H, N)
 
 
 def build_dcrnn(m: ModelInputs) -> nn.Module:
     """ModelInputs -> DCRNN on the two random-walk diffusion operators of the graph."""
-    operators = random_walk_operators(m.edge_index, m.edge_weight, m.num_nodes, mode=m.graph_mode)
+    operators = random_walk_operators(m.edge_index, m.edge_weight, m.num_nodes, mode=m.graph_mode, device=m.device)
     return DCRNN(operators, m.in_features, m.horizon, hidden=m.hidden, layers=m.layers,
                  diffusion_steps=m.diffusion_steps, teacher_decay=m.teacher_decay)
 

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvd_stgnn.models.graph import DENSE_MAX_NODES, PropagationMatrix, random_walk_operators
+from hvd_stgnn.models.ops import tanh
 
 if TYPE_CHECKING:  # models/__init__.py imports this module
     from hvd_stgnn.models import ModelInputs
@@ -91,6 +92,10 @@ class DiffusionGraphConv(nn.Module):
 
 class GraphWaveNet(nn.Module):
     """Graph WaveNet; see the module docstring. x: (B, L, N, F) -> (B, H, N)."""
+
+    compile_targets = ("self",)  # compile_model: the whole forward (no recurrence)
+    # Fixed-shape dilated convolutions: cuDNN's algorithm search pays off (compile.prefers_cudnn_benchmark).
+    cudnn_benchmark = True
 
     def __init__(
         self,
@@ -165,7 +170,7 @@ class GraphWaveNet(nn.Module):
         skip = 0
         for i in range(len(self.filter_convs)):
             residual = x
-            z = torch.tanh(self.filter_convs[i](residual)) * torch.sigmoid(self.gate_convs[i](residual))
+            z = tanh(self.filter_convs[i](residual)) * torch.sigmoid(self.gate_convs[i](residual))
             # Only the last step reaches the output; a 1x1 conv is per-step, so cut first.
             skip = skip + self.skip_convs[i](z[..., -1:])
             if i < len(self.gconvs):
@@ -182,7 +187,7 @@ def build_gwnet(m: ModelInputs) -> nn.Module:
     Uses edge_index, edge_weight, num_nodes, graph_mode, in_features, horizon,
     diffusion_steps and adaptive_adjacency; `hidden` is ignored (see the module docstring).
     """
-    operators = random_walk_operators(m.edge_index, m.edge_weight, m.num_nodes, mode=m.graph_mode)
+    operators = random_walk_operators(m.edge_index, m.edge_weight, m.num_nodes, mode=m.graph_mode, device=m.device)
     return GraphWaveNet(
         operators,
         m.num_nodes,

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from hvd_stgnn.parallel.device import resolve_device
+
 
 class Backend:
     """Interface; every method is collective where it says so (all ranks must call it)."""
@@ -27,6 +29,13 @@ class Backend:
     size = 1
     local_rank = 0
     local_size = 1
+    device = torch.device("cpu")  # this rank's device (parallel/device.py), set at construction
+    device_note = ""  # a line to print once about the device choice, or ""
+
+    def _choose_device(self, requested: str) -> None:
+        """Set `device` for --device `requested` from this rank's local rank (and make a GPU
+        the current CUDA device): before any process group, which NCCL needs."""
+        self.device, self.device_note = resolve_device(requested, self.local_rank)
 
     @property
     def is_root(self) -> bool:
@@ -86,12 +95,11 @@ class Backend:
         the allreduces started during backward; DDP does this inside backward)."""
         return None
 
-    def step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, max_norm: float) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, max_norm: float, scaler=None) -> None:
         """optimizer.step() on the finished gradients, their global norm clipped to
-        max_norm first (0: off). Clipping the averaged gradients keeps ranks identical."""
-        if max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
+        max_norm first (0: off). Clipping the averaged gradients keeps ranks identical.
+        `scaler` (fp16's GradScaler): unscale before clipping, step through it."""
+        apply_step(optimizer, model, max_norm, scaler, optimizer.step)
 
     def broadcast_object(self, obj: Any) -> Any:
         """Collective: rank 0's `obj` on every rank (pickled; for small things)."""
@@ -119,10 +127,27 @@ class Backend:
         pass
 
 
+def apply_step(optimizer, model, max_norm: float, scaler, step) -> None:
+    """Clip (after unscaling fp16 gradients), then `step()` (the optimizer's step, or a
+    backend's variant of it) through the scaler when there is one."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if scaler is None:
+        step()
+        return
+    scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+    scaler.update()
+
+
 class SingleProcessBackend(Backend):
     """One process, no communication: what `hvd-stgnn train` uses without a launcher."""
 
     name = "single"
+
+    def __init__(self, device: str = "auto") -> None:
+        self._choose_device(device)
 
     def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.clone()

@@ -1,9 +1,12 @@
 """PyTorch DistributedDataParallel: the baseline we compare Horovod against.
 
-Launch: mpirun / srun / mpiexec (rank, size, local rank from the launcher's environment;
-rank 0 picks a free TCP port and MPI broadcasts its address, so no MASTER_ADDR setup is
-needed) or torchrun (its env:// rendezvous; no MPI there, so every rank reads the data
-file itself instead of sharing one copy per node). gloo on CPU, nccl on GPU.
+Launch: mpirun / srun / mpiexec (rank and size from MPI, the local rank from MPI's split
+of the node; rank 0 picks a free TCP port and MPI broadcasts its address, so no
+MASTER_ADDR setup is needed) or torchrun (its env:// rendezvous and LOCAL_RANK; no MPI
+there, so every rank reads the data file itself instead of sharing one copy per node).
+The process group follows the training device, not the machine: gloo for --device cpu
+(also on a GPU node), nccl for a GPU, which is made the current device before the group
+is created.
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ from hvd_stgnn.parallel.launcher import (
 DDP_DEFAULT_BUCKET_MB = 25.0  # torch's default bucket_cap_mb
 
 
+def tensors_to_cpu(obj):
+    """A copy of a nested dict / list / tuple with every tensor moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: tensors_to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tensors_to_cpu(v) for v in obj)
+    return obj
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -35,51 +49,67 @@ def _free_port() -> int:
 class DDPBackend(Backend):
     name = "ddp"
 
-    def __init__(self, parallel=None, timeline: bool = False) -> None:
+    def __init__(self, parallel=None, timeline: bool = False, device: str = "auto") -> None:
         if parallel is not None and parallel.reduce_op == "adasum":
             raise ConfigError("--reduce-op adasum: Horovod only (--backend horovod)")
         self.parallel = parallel
-        self.rank, self.size = launcher_rank(), launcher_size()
-        self.local_rank, self.local_size = launcher_local_rank(), launcher_local_size()
-        self.device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        pg_backend = "nccl" if self.device_type == "cuda" else "gloo"
         timeout = datetime.timedelta(seconds=parallel.ddp_timeout_s if parallel is not None else 600.0)
         if under_torchrun():
-            dist.init_process_group(pg_backend, timeout=timeout)  # env:// from torchrun
+            self.rank, self.size = launcher_rank(), launcher_size()
+            self.local_rank, self.local_size = launcher_local_rank(), launcher_local_size()
+            self._choose_device(device)
+            dist.init_process_group(self.process_group_backend, timeout=timeout)  # env:// from torchrun
         else:
             from mpi4py import MPI
 
             self._comm = MPI.COMM_WORLD
             self._mpi = MPI
             self.rank, self.size = self._comm.rank, self._comm.size
+            node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)  # this node's ranks, whatever the launcher
+            self.local_rank, self.local_size = node.rank, node.size
+            node.Free()
+            self._choose_device(device)
             addr = None
             if self.rank == 0:
                 addr = (os.environ.get("MASTER_ADDR") or socket.gethostname(), int(os.environ.get("MASTER_PORT") or _free_port()))
             host, port = self._comm.bcast(addr, root=0)
-            dist.init_process_group(pg_backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
+            dist.init_process_group(self.process_group_backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
                                     world_size=self.size, timeout=timeout)
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        # Small CPU things (metric sums, pickled objects, the stop flag) go over gloo: with an
+        # nccl group they would be copied to the GPU and back, a synchronization each time.
+        self._cpu_group = dist.new_group(backend="gloo") if self.process_group_backend != "gloo" else None
         self._profiler = None
         self._profile_path = ""
+
+    @property
+    def process_group_backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
 
     # --- collectives -----------------------------------------------------------------
 
     def _to_comm_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to("cuda") if self.device_type == "cuda" else tensor.clone()
+        """A new tensor on the device the process group reduces on: collectives work in
+        place, and callers' inputs must stay as they were (a CUDA input too)."""
+        return tensor.to(self.device, copy=True)
 
     def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device.type == "cpu":
+            out = tensor.clone()
+            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self._cpu_group)
+            return out
         out = self._to_comm_device(tensor)
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out.to(tensor.device)
 
     def broadcast_object(self, obj):
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self._cpu_group)
         return box[0]
 
     def allgather_object(self, obj):
         out = [None] * self.size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self._cpu_group)
         return out
 
     def any_rank(self, flag: bool) -> bool:
@@ -97,13 +127,15 @@ class DDPBackend(Backend):
                 buf = self._to_comm_device(tensor)
                 dist.broadcast(buf, src=0)
                 tensor.copy_(buf.to(tensor.device))
-        state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None)
+        # Pickled on CPU: CUDA tensors would be unpickled onto rank 0's GPU on every rank;
+        # load_state_dict moves the state to each parameter's device.
+        state = self.broadcast_object(tensors_to_cpu(optimizer.state_dict()) if self.rank == 0 else None)
         optimizer.load_state_dict(state)
 
     def wrap_model(self, model):
         p = self.parallel
         bucket_mb = p.fusion_threshold_mb if p is not None and p.fusion_threshold_mb >= 0 else DDP_DEFAULT_BUCKET_MB
-        device_ids = [next(model.parameters()).device.index] if self.device_type == "cuda" else None
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
         # Graph operators are non-persistent buffers, built identically on every rank from
         # the same file; DDP would broadcast them (and cannot: sparse CSR has no strides).
         persistent = set(model.state_dict())
@@ -129,7 +161,7 @@ class DDPBackend(Backend):
 
     def start_timeline(self, path: str, mark_cycles: bool) -> None:
         activities = [torch.profiler.ProfilerActivity.CPU]
-        if self.device_type == "cuda":
+        if self.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self._profile_path = path
         self._profiler = torch.profiler.profile(activities=activities)

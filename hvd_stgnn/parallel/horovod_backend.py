@@ -7,7 +7,7 @@ import os
 import torch
 
 from hvd_stgnn.errors import ConfigError
-from hvd_stgnn.parallel.base import Backend
+from hvd_stgnn.parallel.base import Backend, apply_step
 
 MIB = 1024 * 1024
 
@@ -31,7 +31,7 @@ def horovod_env(parallel, timeline: bool) -> dict[str, str]:
 class HorovodBackend(Backend):
     name = "horovod"
 
-    def __init__(self, parallel=None, timeline: bool = False) -> None:
+    def __init__(self, parallel=None, timeline: bool = False, device: str = "auto") -> None:
         if timeline and os.environ.get("HOROVOD_TIMELINE", "DYNAMIC") != "DYNAMIC":
             raise ConfigError(
                 f"--timeline and HOROVOD_TIMELINE={os.environ['HOROVOD_TIMELINE']} both set: use one "
@@ -55,6 +55,13 @@ class HorovodBackend(Backend):
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
         self.local_size = hvd.local_size()
+        self._choose_device(device)
+        if self.device.type == "cuda" and not (hvd.nccl_built() and hvd.cuda_built()):
+            # Every rank sees the same build: the same error everywhere, a clean end.
+            raise ConfigError("--backend horovod on a GPU: this Horovod was built without NCCL/CUDA "
+                              "(hvd.nccl_built() is false); rebuild it with HOROVOD_GPU_OPERATIONS=NCCL make setup "
+                              "(docs/GPU.md), or train with --backend ddp, or on the CPU with --device cpu",
+                              all_ranks=True)
 
     def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self._hvd.allreduce(tensor, op=self._hvd.Sum, name=None)
@@ -84,16 +91,15 @@ class HorovodBackend(Backend):
         if not self._adasum:
             optimizer.synchronize()
 
-    def step(self, optimizer, model, max_norm: float) -> None:
-        if max_norm > 0:  # averaged gradients; with Adasum each rank's own, before its local update
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    def step(self, optimizer, model, max_norm: float, scaler=None) -> None:
+        # Clipping: averaged gradients; with Adasum each rank's own, before its local update.
         if self._adasum:
-            optimizer.step()
+            apply_step(optimizer, model, max_norm, scaler, optimizer.step)
             return
         # Gradients were averaged in finish_gradients: step without a second
-        # synchronization (Horovod's documented pattern for clipping).
+        # synchronization (Horovod's documented pattern for clipping and for AMP).
         with optimizer.skip_synchronize():
-            optimizer.step()
+            apply_step(optimizer, model, max_norm, scaler, optimizer.step)
 
     def any_rank(self, flag: bool) -> bool:
         # Plain MPI on our communicator: microseconds, no Horovod negotiation cycle.

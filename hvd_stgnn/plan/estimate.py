@@ -326,16 +326,18 @@ def exact_operator_nnz(model: str, edge_index, edge_weight, num_nodes: int) -> l
     return [n, n]
 
 
-def graph_bytes(num_nodes: int, nnz: list[int], graph_mode: str = "auto") -> tuple[int, str]:
+def graph_bytes(num_nodes: int, nnz: list[int], graph_mode: str = "auto", device: str = "cpu") -> tuple[int, str]:
     """(bytes, "dense" | "sparse"): dense N x N float32, or CSR (values float32, column
-    indices and row pointers int64), as PropagationMatrix stores it."""
+    indices and row pointers int64) twice, the matrix and its transpose for the backward, as
+    models/graph.py SparseMatrix stores it. (DCRNN also stacks its two directions: a few MB
+    more at PeMS scale, left out.)"""
     from hvd_stgnn.models.graph import prefer_dense
 
     total, kinds = 0, set()
     for z in nnz:
-        dense = graph_mode == "dense" or (graph_mode == "auto" and prefer_dense(num_nodes, z))
+        dense = graph_mode == "dense" or (graph_mode == "auto" and prefer_dense(num_nodes, z, device))
         kinds.add("dense" if dense else "sparse")
-        total += num_nodes * num_nodes * FLOAT if dense else z * (FLOAT + 8) + (num_nodes + 1) * 8
+        total += num_nodes * num_nodes * FLOAT if dense else 2 * (z * (FLOAT + 8) + (num_nodes + 1) * 8)
     return total, "/".join(sorted(kinds))
 
 
@@ -383,7 +385,7 @@ def estimate(inputs: PlanInputs, num_steps: int, num_nodes: int, num_edges: int,
                                            inputs.diffusion_steps, inputs.adaptive_adjacency)
     model_state = 6 * params * FLOAT + 2 * buffer_bytes
     nnz = list(nnz) if nnz is not None else operator_nnz(inputs.model, N, num_edges)
-    graph, storage = graph_bytes(N, nnz, inputs.graph_mode)
+    graph, storage = graph_bytes(N, nnz, inputs.graph_mode, inputs.device)
     profile = activation_profile(inputs.model, N, num_edges, inputs.features, L, H, inputs.hidden, inputs.layers,
                                  inputs.diffusion_steps, inputs.adaptive_adjacency, storage == "dense")
     saved = profile.saved_bytes(B, N)

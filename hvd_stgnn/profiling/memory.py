@@ -86,11 +86,19 @@ class MemoryMonitor:
         self.pss_peak = max(self.pss_peak, pss)
         return pss
 
-    def record(self) -> RankMemory:
-        cuda = 0
+    def reset_device_peak(self) -> None:
+        """Start the GPU peak here (after data preparation)."""
         if self.device.type == "cuda":
             import torch
 
-            cuda = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def record(self) -> RankMemory:
+        allocated = reserved = 0
+        if self.device.type == "cuda":
+            import torch
+
+            allocated = torch.cuda.max_memory_allocated(self.device)
+            reserved = torch.cuda.max_memory_reserved(self.device)
         return RankMemory(host=socket.gethostname(), peak_rss_bytes=peak_rss_bytes(), pss_peak_bytes=self.pss_peak,
-                          cuda_peak_bytes=cuda)
+                          cuda_peak_bytes=allocated, cuda_peak_reserved_bytes=reserved)

@@ -53,6 +53,7 @@ COLLECTIVES = {
 }
 AUTOGRAD = "autograd::engine::evaluate_function"
 DDP_FORWARD = "DistributedDataParallel.forward"
+GPU_CATS = frozenset({"gpu_user_annotation", "kernel", "gpu_memcpy", "gpu_memset"})  # on CUDA streams
 OPT_STEP = "Optimizer.step#"
 PROFILER_STEP = "ProfilerStep#"
 BUCKET_FILL = "torch::distributed::reducer::mul_out"
@@ -226,9 +227,12 @@ def _complete_events(tr: TorchTrace, events: list) -> list[dict]:
 
 def _training_thread(tr: TorchTrace, xs: list[dict]) -> tuple[list[dict], list[dict]]:
     """Its events in time order, and its outermost operators (not ProfilerStep#N or Python
-    frames). The training thread: where DDP's forward runs, else autograd, else the busiest."""
+    frames). The training thread: the CPU thread where DDP's forward runs, else autograd,
+    else the busiest. On a GPU the profiler repeats annotations as `gpu_user_annotation`
+    ranges on the CUDA streams (one per stream, so possibly more of them): never those."""
+    cpu = [e for e in xs if e.get("cat") not in GPU_CATS]
     for prefix in (DDP_FORWARD, AUTOGRAD):
-        counts = Counter(_thread(e) for e in xs if str(e.get("name", "")).startswith(prefix))
+        counts = Counter(_thread(e) for e in cpu if str(e.get("name", "")).startswith(prefix))
         if counts:
             tr.main_thread = counts.most_common(1)[0][0]
             break

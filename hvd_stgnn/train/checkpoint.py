@@ -1,7 +1,8 @@
 """Checkpoints: written by rank 0 atomically, read by rank 0 and broadcast.
 
-A checkpoint holds everything needed to continue bit-for-bit on CPU: model, optimizer and
-LR-schedule state, the position (epoch, step within it, global step), RNG states, the best
+A checkpoint holds everything needed to continue bit-for-bit: model, optimizer, LR-schedule
+and fp16 loss-scaler state, the position (epoch, step within it, global step), every rank's
+RNG states (CPU, and its GPU's on CUDA), the best
 validation model, the normalization statistics, the config, and a fingerprint of the data
 file (a resumed run on different data is refused).
 """
@@ -52,11 +53,16 @@ def data_fingerprint(path: str) -> dict:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG streams: torch CPU, the current GPU's (dropout on a GPU draws from
+    it; None without CUDA), numpy and Python."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": np.random.get_state(), "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 

@@ -31,7 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     preflight(cfg)
     try:
-        backend = make_backend(cfg.parallel.backend, cfg.parallel, timeline=bool(cfg.profile.timeline))
+        backend = make_backend(cfg.parallel.backend, cfg.parallel, timeline=bool(cfg.profile.timeline),
+                               device=cfg.train.device)
     except ImportError as exc:
         raise ConfigError(f"--backend {cfg.parallel.backend}: cannot import it ({exc}); run `make setup`") from None
     if backend.is_root:

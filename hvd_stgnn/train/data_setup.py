@@ -82,17 +82,6 @@ def plan_splits(cfg: Config, num_steps: int, world_size: int) -> StartSplit:
     return split
 
 
-def resolve_device(requested: str, local_rank: int) -> torch.device:
-    """auto: this rank's GPU (local rank modulo GPUs per node) if CUDA is there, else CPU."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    index = local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
-
-
 def prepare(cfg: Config, backend: Backend, device: torch.device, log) -> RankData:
     data, shared, report = backend.load_dataset(cfg.data.path)
     log(

@@ -13,6 +13,7 @@ from hvd_stgnn.metrics import HistoricalAverage, HorizonErrorSums, persistence, 
 from hvd_stgnn.parallel import Backend
 from hvd_stgnn.results import Batching
 from hvd_stgnn.train.data_setup import RankData
+from hvd_stgnn.train.precision import Precision
 
 
 def param_digest(model: torch.nn.Module) -> str:
@@ -33,7 +34,8 @@ def sample_starts(starts: torch.Tensor, max_windows: int, world_size: int) -> to
     return starts[torch.linspace(0, len(starts) - 1, keep).round().long().unique()]
 
 
-def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, max_windows: int = 0) -> HorizonErrorSums:
+def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, max_windows: int = 0,
+             precision: Precision | None = None) -> HorizonErrorSums:
     """Metrics over every window of the split (each rank its balanced share), or an evenly
     spaced sample of `max_windows`; collective."""
     backend.average_buffers(model)
@@ -43,7 +45,8 @@ def evaluate(model, source: BatchSource, backend: Backend, batch_size: int, max_
     with torch.no_grad():
         for lo in range(0, len(starts), batch_size):
             batch = source(starts[lo : lo + batch_size])
-            sums.update(batch.scaler.inverse(model(batch.x)), batch.y, batch.mask)
+            out = precision.forward(model, batch.x) if precision is not None else model(batch.x)
+            sums.update(batch.scaler.inverse(out), batch.y, batch.mask)
     model.train()
     return sums.reduced(backend.allreduce_sum)
 
@@ -61,7 +64,7 @@ def evaluate_baselines(rd: RankData, cfg: Config, backend: Backend) -> dict:
     mine = balanced_range(span, backend.rank, backend.size)
     sums = backend.allreduce_sum(torch.from_numpy(slot_sums(data.speed, slots, num_slots, mine.start, mine.stop)))
     mean = source.scaler.mean  # where a sensor has no reading to go by
-    history = HistoricalAverage(sums.numpy(), slots, L, H, mean)
+    history = HistoricalAverage(sums.numpy(), slots, L, H, mean, device=source.gather.device)
     persist_sums, history_sums = HorizonErrorSums(H), HorizonErrorSums(H)
     starts = sample_starts(source.eval_starts(), cfg.train.eval_windows, backend.size)
     with torch.no_grad():
@@ -69,7 +72,7 @@ def evaluate_baselines(rd: RankData, cfg: Config, backend: Backend) -> dict:
             chunk = starts[lo : lo + cfg.train.batch_size]
             batch = source(chunk)
             persist_sums.update(persistence(source.gather.raw_inputs(chunk), H, mean), batch.y, batch.mask)
-            history_sums.update(history(chunk).to(batch.y.device), batch.y, batch.mask)
+            history_sums.update(history(chunk), batch.y, batch.mask)
     return {
         "persistence": persist_sums.reduced(backend.allreduce_sum).table(data.interval_s),
         "historical_average": history_sums.reduced(backend.allreduce_sum).table(data.interval_s),

@@ -8,6 +8,7 @@ calls: phases per epoch, the job's step count, and samples/s after the warm-up s
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -19,42 +20,55 @@ PHASES = ("batch", "forward", "backward", "optimizer")
 
 
 class PhaseTimer:
-    """`with timer.phase("forward"): ...` accumulates wall time; on CUDA it synchronizes
-    first, so a phase is not charged for kernels queued by the one before."""
+    """`with timer.phase("forward"): ...` accumulates the phase's time.
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+    CPU: wall time. GPU: by default a pair of CUDA events per phase, read once per epoch
+    (`per_step_ms` synchronizes then), so timing adds no host-device synchronization to the
+    steps; the events measure when the GPU reached each boundary, which charges a phase
+    for the kernels it queued, not those of the phase before. `sync=True` (--sync-timings)
+    synchronizes around every phase instead: exact wall time per phase, slower steps.
+    """
+
+    def __init__(self, device: torch.device, sync: bool = False) -> None:
+        cuda = device.type == "cuda"
+        self.use_events, self.sync = cuda and not sync, cuda and sync
         self.reset()
 
     def reset(self) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.steps = 0
+        self._events: list[tuple[str, object, object]] = []  # (phase, start, end) not read yet
 
-    def _sync(self) -> None:
-        if self.cuda:
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if self.use_events:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._events.append((name, start, end))
+            return
+        if self.sync:
             torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.sync:
+            torch.cuda.synchronize()
+        self.seconds[name] += time.perf_counter() - t0
 
-    def phase(self, name: str) -> "_Phase":
-        return _Phase(self, name)
+    def _read_events(self) -> None:
+        if self._events:
+            torch.cuda.synchronize()
+            for name, start, end in self._events:
+                self.seconds[name] += start.elapsed_time(end) / 1e3
+            self._events = []
 
     def per_step_ms(self) -> dict[str, float]:
+        self._read_events()
         n = max(1, self.steps)
         ms = {f"{p}_ms": 1e3 * self.seconds[p] / n for p in PHASES}
         ms["step_ms"] = sum(ms.values())
         return ms
-
-
-class _Phase:
-    def __init__(self, timer: PhaseTimer, name: str) -> None:
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> None:
-        self.timer._sync()
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.timer._sync()
-        self.timer.seconds[self.name] += time.perf_counter() - self.t0
 
 
 def summarize(per_rank: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -75,8 +89,8 @@ WARMUP_STEPS = 2
 class StepTracker:
     """Phase times of the current epoch, and the whole job's step count and throughput."""
 
-    def __init__(self, device: torch.device, samples_per_step: int) -> None:
-        self.timer = PhaseTimer(device)
+    def __init__(self, device: torch.device, samples_per_step: int, sync_timings: bool = False) -> None:
+        self.timer = PhaseTimer(device, sync_timings)
         self.samples_per_step = samples_per_step  # windows per optimizer step over all ranks
         self.job_steps = 0  # optimizer steps run by this job (a resumed job starts at 0)
         self.loop_seconds = 0.0  # in training steps, validation excluded
@@ -86,7 +100,7 @@ class StepTracker:
         self._warm_steps = 0
         self._warm_seconds = 0.0
 
-    def phase(self, name: str) -> "_Phase":
+    def phase(self, name: str):
         return self.timer.phase(name)
 
     def start_epoch(self) -> None:

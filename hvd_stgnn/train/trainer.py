@@ -19,6 +19,7 @@ metrics are sums and counts, reduced. The trainer talks to the Backend only.
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import torch
@@ -30,16 +31,19 @@ from hvd_stgnn.errors import ConfigError, Interrupted
 from hvd_stgnn.metrics import HorizonErrorSums, masked_mae_loss
 from hvd_stgnn.models import ModelInputs, build_model
 from hvd_stgnn.parallel import Backend, run_on_root
+from hvd_stgnn.parallel.device import device_description, gpu_identity, gpu_sharing
 from hvd_stgnn.parallel.launcher import launch_record
 from hvd_stgnn.profiling.memory import MemoryMonitor
+from hvd_stgnn.profiling.sync_debug import SyncDebug
 from hvd_stgnn.profiling.window import TimelineWindow
 from hvd_stgnn.results import PHASE_KEYS, EpochRecord, Memory, Results
 from hvd_stgnn.train.checkpointer import Checkpointer
-from hvd_stgnn.train.data_setup import memory_plan, prepare, resolve_device
+from hvd_stgnn.train.data_setup import memory_plan, prepare
 from hvd_stgnn.train.evaluate import batching_summary, evaluate, evaluate_baselines, param_digest
 from hvd_stgnn.train.faults import FaultInjector, StopSignal
 from hvd_stgnn.train.metrics_log import MetricsLogger
-from hvd_stgnn.train.phases import StepTracker
+from hvd_stgnn.train.phases import WARMUP_STEPS, StepTracker
+from hvd_stgnn.train.precision import Precision
 from hvd_stgnn.train.rundir import RunDir
 from hvd_stgnn.train.schedule import lr_factor
 from hvd_stgnn.train.state import TrainState
@@ -93,7 +97,10 @@ class Trainer:
         cfg, backend = self.cfg, self.backend
         torch.set_num_threads(threads_per_rank(cfg.train.threads, backend.local_size))
         torch.manual_seed(cfg.train.seed)
-        self.device = resolve_device(cfg.train.device, backend.local_rank)
+        self.device = backend.device  # chosen with the process group (parallel/device.py)
+        if backend.device_note:
+            self.log(backend.device_note)
+        self._check_gpus()
         start = self._open_run_dir()
         if cfg.train.memory_check:
             self.log(f"memory plan: {run_on_root(backend, lambda: memory_plan(cfg, backend, self.device))}")
@@ -101,6 +108,7 @@ class Trainer:
         self.prepare_seconds = time.perf_counter() - self.t_start
         self.memory = MemoryMonitor(self.device)
         self.memory.sample()
+        self.memory.reset_device_peak()  # the GPU peak of training, the data already on the device
         self.train_source = self.rd.sources["train"]
         self.steps_per_epoch = self._steps_per_epoch()
         self.batching = batching_summary(self.rd, backend, self.device)
@@ -116,12 +124,21 @@ class Trainer:
                      f"{self.steps_per_epoch} (global step {self.state.global_step})")
         self.log(f"model: {cfg.model.name}  {sum(p.numel() for p in self.model.parameters()):,} parameters on "
                  f"{self.device}  lr {self.base_lr:g} ({cfg.train.lr_schedule}, warm-up {self.warmup_steps} steps, "
-                 f"clip {cfg.train.clip_grad:g})")
+                 f"clip {cfg.train.clip_grad:g})  {cfg.train.precision}{', compiled' if cfg.train.compile else ''}")
         self.timeline = TimelineWindow(backend, cfg.profile.timeline, *cfg.profile.window(),
                                        cfg.profile.timeline_mark_cycles)
         self.faults = FaultInjector(backend.rank)
         k, B = cfg.parallel.backward_passes_per_step, cfg.train.batch_size
-        self.tracker = StepTracker(self.device, k * B * backend.size)
+        self.tracker = StepTracker(self.device, k * B * backend.size, cfg.train.sync_timings)
+        self.sync_debug = SyncDebug(cfg.profile.sync_debug, self.device, after_steps=WARMUP_STEPS)
+
+    def _check_gpus(self) -> None:
+        """Collective: one clear line, on every rank alike, when two ranks would share a GPU."""
+        if self.device.type != "cuda":
+            return
+        problem = gpu_sharing(self.backend.allgather_object((socket.gethostname(), gpu_identity(self.device))))
+        if problem:
+            raise ConfigError(problem, all_ranks=True)
 
     def _open_run_dir(self) -> tuple | None:
         """Collective: rank 0 takes the run dir and opens the metrics sinks (an unwritable or
@@ -165,12 +182,18 @@ class Trainer:
                  f"{torch.get_num_threads()}")
 
     def _build_model(self) -> None:
-        cfg, backend = self.cfg, self.backend
-        self.model = build_model(cfg.model.name, _model_inputs(cfg, self.rd.data, self.train_source.num_features))
+        cfg, backend, cuda = self.cfg, self.backend, self.device.type == "cuda"
+        self.model = build_model(cfg.model.name,
+                                 _model_inputs(cfg, self.rd.data, self.train_source.num_features, self.device.type))
         self.model.to(self.device)
         self.uses_teacher = getattr(self.model, "uses_teacher", False)
+        self.precision = Precision(cfg.train.precision, self.device)
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+            torch.backends.cudnn.benchmark = bool(getattr(self.model, "cudnn_benchmark", False))
         self.base_lr = cfg.train.lr * (backend.size if cfg.train.scale_lr else 1)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr, weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr, weight_decay=cfg.train.weight_decay,
+                                     fused=cuda or None)  # one kernel per step on a GPU
         backend.broadcast_state(self.model, optimizer)
         self.optimizer = backend.wrap_optimizer(optimizer, self.model)
         total_steps = self.steps_per_epoch * cfg.train.epochs
@@ -178,18 +201,25 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total_steps, self.warmup_steps, cfg.train.lr_schedule)
         )
-        self.train_model = backend.wrap_model(self.model)  # DDP: the wrapper whose backward allreduces
+        forward = self.model
+        if cfg.train.compile:
+            from hvd_stgnn.models import compile_model
+
+            forward = compile_model(self.model)
+        self.train_model = backend.wrap_model(forward)  # DDP: the wrapper whose backward allreduces
 
     # --- Stateful: what the Checkpointer saves and restores ---------------------------------
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), **self.state.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "grad_scaler": self.precision.state_dict(),
+                **self.state.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("grad_scaler"))
         self.backend.broadcast_state(self.model, self.optimizer)  # collective: rank 0's copy wins
         self.state.load_state_dict(state)
 
@@ -209,7 +239,7 @@ class Trainer:
     def run_epoch(self, epoch: int) -> float:
         """This epoch's remaining optimizer steps; returns the train MAE (reduced)."""
         cfg, k, B = self.cfg, self.cfg.parallel.backward_passes_per_step, self.cfg.train.batch_size
-        order = self.train_source.epoch_starts(epoch)
+        order = self.train_source.epoch_starts(epoch).to(self.device)  # once per epoch: no copy per step
         sums = HorizonErrorSums(cfg.data.horizon)
         self.tracker.start_epoch()
         bar = tqdm(range(self.state.step, self.steps_per_epoch), initial=self.state.step, total=self.steps_per_epoch,
@@ -218,13 +248,14 @@ class Trainer:
         for step in bar:
             self.faults.before_step(self.tracker.job_steps)
             self.timeline.before_step(self.tracker.job_steps)
-            loss = self.train_step([order[(step * k + m) * B : (step * k + m + 1) * B] for m in range(k)], sums)
+            with self.sync_debug.watch(self.tracker.job_steps):
+                loss = self.train_step([order[(step * k + m) * B : (step * k + m + 1) * B] for m in range(k)], sums)
             self.tracker.step_done()
             self.state.finish_step()
             self.timeline.after_step(self.tracker.job_steps)
-            loss_value = loss.item()
-            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-            if self.state.global_step % cfg.train.log_every == 0:
+            if self.state.global_step % cfg.train.log_every == 0:  # loss.item() waits for the GPU: not every step
+                loss_value = loss.item()
+                bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
                 self.metrics.log("step", self.state.global_step, epoch=epoch, step=self.state.step,
                                  global_step=self.state.global_step, loss=loss_value, lr=self.scheduler.get_last_lr()[0])
             self._stop_if_asked(epoch)
@@ -243,15 +274,15 @@ class Trainer:
             with backend.accumulate(self.train_model, last=i == len(micro_batches) - 1):
                 with tracker.phase("forward"):
                     teacher = batch.normalized_targets() if self.uses_teacher else None
-                    pred = batch.scaler.inverse(self.train_model(batch.x, teacher))
+                    pred = batch.scaler.inverse(self.precision.forward(self.train_model, batch.x, teacher))
                     loss = masked_mae_loss(pred, batch.y, batch.mask)
                 with tracker.phase("backward"):  # DDP: includes its bucketed allreduce
-                    (loss / len(micro_batches)).backward()
+                    self.precision.backward(loss / len(micro_batches))
             sums.update(pred.detach(), batch.y, batch.mask)
         with tracker.phase("backward"):  # + waiting for the gradient allreduce
             backend.finish_gradients(self.optimizer)
         with tracker.phase("optimizer"):
-            backend.step(self.optimizer, self.model, self.cfg.train.clip_grad)
+            backend.step(self.optimizer, self.model, self.cfg.train.clip_grad, self.precision.scaler)
             self.scheduler.step()
         return loss
 
@@ -269,7 +300,7 @@ class Trainer:
         """Collective: the model's masked error sums over `split` (all windows, or an evenly
         spaced --eval-windows sample), reduced over ranks."""
         return evaluate(self.model, self.rd.sources[split], self.backend, self.cfg.train.batch_size,
-                        self.cfg.train.eval_windows)
+                        self.cfg.train.eval_windows, self.precision)
 
     def end_epoch(self, epoch: int, train_mae: float, val: HorizonErrorSums, seconds: float) -> None:
         """Phases, best model, log lines, checkpoint cadence and --stop-after-epochs."""
@@ -306,10 +337,13 @@ class Trainer:
         that all ranks ended with the same parameters, write the results (rank 0)."""
         cfg, backend, rd = self.cfg, self.backend, self.rd
         memory = Memory.from_ranks(backend.allgather_object(self.memory.record()))
+        devices = backend.allgather_object(device_description(self.device))
         job_history = self.state.history[-self.job_epochs:] if self.job_epochs else []
+        if self.sync_debug.summary():
+            self.log(self.sync_debug.summary())
         results = Results(
             model=cfg.model.name, world_size=backend.size, backend=backend.name,
-            launch=launch_record([r.host for r in memory.per_rank], torch.get_num_threads()),
+            launch=launch_record([r.host for r in memory.per_rank], torch.get_num_threads(), devices),
             epochs=self.state.history, phase_timings=self.phase_timings,
             timing=self.tracker.timing(self.prepare_seconds, [e.seconds for e in job_history]),
             memory=memory, normalization={"mean": rd.scaler.mean, "std": rd.scaler.std},
@@ -363,7 +397,7 @@ class Trainer:
                  f"{info.window_seconds:.2f} s); report: {report}")
 
 
-def _model_inputs(cfg: Config, data, num_features: int) -> ModelInputs:
+def _model_inputs(cfg: Config, data, num_features: int, device_type: str) -> ModelInputs:
     return ModelInputs(
         edge_index=torch.from_numpy(data.edge_index),
         edge_weight=torch.from_numpy(data.edge_weight),
@@ -378,4 +412,5 @@ def _model_inputs(cfg: Config, data, num_features: int) -> ModelInputs:
         teacher_decay=cfg.model.teacher_decay,
         adaptive_adjacency=cfg.model.adaptive_adjacency,
         self_loop_weight=cfg.model.self_loop_weight,
+        device=device_type,  # --graph-mode auto chooses dense or sparse per device
     )
