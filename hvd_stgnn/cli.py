@@ -35,7 +35,7 @@ from hvd_stgnn.train.cli import add_parsers as add_train_parsers
 # Package -> its registrar, in the order `hvd-stgnn --help` lists the commands.
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], object]] = {
     "data": add_data_parsers,  # data synth|info|import
-    "bench": add_bench_parsers,  # bench load|batching|memory|models|compare
+    "bench": add_bench_parsers,  # bench load|batching|memory|models|compare|scaling|allreduce
     "train": add_train_parsers,  # train
     "plan": add_plan_parsers,  # plan
     "profiling": add_profiling_parsers,  # timeline, plot

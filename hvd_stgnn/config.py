@@ -95,6 +95,10 @@ class TrainConfig:
                            default="fp32")
     tf32: bool = _flag("GPU: let float32 matmuls and convolutions use TF32 tensor cores (Ampere and newer)",
                        default=True)
+    activation_checkpointing: str = _flag(
+        "recompute activations in the backward pass instead of storing them: step (T-GCN, A3T-GCN, DCRNN: each time "
+        "step's cell) or block (Graph WaveNet: each residual block); same gradients, less memory, more time "
+        "(docs/PLANNER.md)", choices=["none", "step", "block"], default="none")
     compile: bool = _flag("torch.compile the model (hvd_stgnn.models.compile_model); the first steps are slower "
                           "while it compiles", default=False)
     sync_timings: bool = _flag("GPU: synchronize before and after every phase for exact per-phase times (slower); "
@@ -216,6 +220,11 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from hvd_stgnn.models.checkpointing import checkpointing_error
+
+        error = checkpointing_error(self.model.name, self.train.activation_checkpointing)
+        if error:
+            raise ConfigError(error)
         self.profile.window()
 
 

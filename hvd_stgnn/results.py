@@ -1,7 +1,7 @@
 """`results.json`: what a training run reports, in one schema.
 
 The trainer fills a `Results` and writes it (`Results.write`, rank 0, atomically); `bench
-compare`, `plot` and `timeline` read it back with `Results.read` and use its attributes, so
+compare`, `bench scaling`, `plot` and `timeline` read it back with `Results.read` and use its attributes, so
 the names of the entries are written down once, here. Every field has a default: a run that
 stopped early has no test table, an older file may lack newer entries, and readers say
 which entry they need when it is missing. Unknown keys are ignored (newer files still load).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent environment setup for hvd_stgnn; `make setup` runs this.
 #
-# 1. Open MPI from Debian when `mpirun` is missing.
+# 1. Open MPI from Debian when `mpirun` is missing; Debian's libjemalloc2 when missing.
 # 2. A virtual environment (.venv) with torch, mpi4py (built against the system MPI),
 #    h5py, torch-geometric, tqdm, matplotlib, tensorboard, pytest and this package (editable).
 # 3. Horovod 0.28.1 for PyTorch + MPI, built from the PyPI sdist with two fixes
@@ -65,6 +65,28 @@ elif ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; 
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
 fi
 [ "$CHECK" = 1 ] || command -v mpirun >/dev/null 2>&1 || die "mpirun still missing after install"
+# --- 1b. jemalloc (HVD_STGNN_JEMALLOC=1, jobs/common.sh; the planner's jemalloc factors are
+# tested with it): Debian's libjemalloc2 when no libjemalloc.so.2 is found. Optional: without
+# apt-get, a warning (the default malloc still works).
+has_jemalloc() {
+    ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2 ' && return 0
+    compgen -G '/usr/lib/*-linux-gnu/libjemalloc.so.2' >/dev/null || [ -e /usr/lib64/libjemalloc.so.2 ] \
+        || [ -e /usr/local/lib/libjemalloc.so.2 ]
+}
+if ! has_jemalloc; then
+    if [ "$CHECK" = 1 ]; then
+        would "install Debian's libjemalloc2 (HVD_STGNN_JEMALLOC=1)"
+    elif command -v apt-get >/dev/null 2>&1; then
+        say "libjemalloc.so.2 not found: installing Debian's libjemalloc2 (HVD_STGNN_JEMALLOC=1)"
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libjemalloc2 >/dev/null; } \
+            || say "warning: apt-get install libjemalloc2 failed; HVD_STGNN_JEMALLOC=1 will fall back to malloc"
+    else
+        say "warning: no libjemalloc.so.2 and no apt-get: HVD_STGNN_JEMALLOC=1 will fall back to malloc"
+    fi
+fi
+
 MPI_VERSION="$(mpirun --version 2>/dev/null | head -n1 | tr -cs 'A-Za-z0-9.' '-' | sed 's/-$//' || true)"
 say "MPI: $MPI_VERSION"
 
@@ -114,6 +136,20 @@ elif [ "${#missing[@]}" -gt 0 ]; then
     say "installing: ${missing[*]}"
     # mpi4py from source so it links the same MPI library that Horovod and mpirun use.
     "${PIP[@]}" install --no-binary=mpi4py "${missing[@]}"
+fi
+
+# PyTorch Geometric Temporal, for `hvd-stgnn bench models --against-pgt` only (its A3TGCN2 and
+# BatchedDCRNN run beside ours; its tests run too). --no-deps: its torch-sparse / torch-scatter
+# requirements do not build against this torch and the two classes do not use them.
+PGT_VERSION=0.56.2
+if ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('torch-geometric-temporal') != '$PGT_VERSION')" \
+        >/dev/null 2>&1; then
+    if [ "$CHECK" = 1 ]; then
+        would "install torch-geometric-temporal==$PGT_VERSION (--no-deps; bench models --against-pgt)"
+    else
+        say "installing torch-geometric-temporal==$PGT_VERSION (--no-deps; bench models --against-pgt)"
+        "${PIP[@]}" install --no-deps "torch-geometric-temporal==$PGT_VERSION"
+    fi
 fi
 
 # --- 3. Horovod --------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""`hvd-stgnn bench load|batching|memory|models|compare`: the benchmarks' subcommands.
+"""`hvd-stgnn bench load|batching|memory|memory-step|models|compare|scaling|allreduce`: the benchmarks' subcommands.
 
     hvd-stgnn bench load --preset metr-la --np 2
     hvd-stgnn bench batching --nodes 207,11160 --json
     hvd-stgnn bench memory --data data/tiny.h5 --np 1,2,4
+    hvd-stgnn bench memory-step --out runs/memory-step    (bench/memory_step.py)
     hvd-stgnn bench models --models tgcn,a3tgcn --hidden tgcn=64
     hvd-stgnn bench compare --np 1,2 --out runs/compare      (its parser: bench/compare.py)
+    hvd-stgnn bench scaling --np 1,2,4 --mode strong --out runs/scaling   (bench/scaling.py)
+    hvd-stgnn bench allreduce --np 2 --out runs/allreduce    (bench/allreduce.py)
 
 Each benchmark's logic is in its own module (bench/load.py, ...); this file holds the flags,
 their checks and the printing. Bad input raises ConfigError naming the flag.
@@ -16,7 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
+from hvd_stgnn.bench.allreduce import add_allreduce_parser
 from hvd_stgnn.bench.compare import DEFAULT_CACHE, add_compare_parser
+from hvd_stgnn.bench.memory_step import add_memory_step_parser
+from hvd_stgnn.bench.scaling import add_scaling_parser
 from hvd_stgnn.errors import ConfigError
 
 # (heading, row key, width, format spec after the width) of the text tables.
@@ -167,6 +173,8 @@ def add_parsers(subcommands: argparse._SubParsersAction) -> None:
     bmem.add_argument("--json", action="store_true")
     bmem.set_defaults(func=cmd_bench_memory)
 
+    add_memory_step_parser(bench_cmds)
+
     bmod = bench_cmds.add_parser("models", help="train-step ms per model (forward + backward + optimizer)")
     bmod.add_argument("--models", default="", help="comma-separated (default: all registered)")
     bmod.add_argument("--nodes", type=_int_list, default=[207, 11160], help="sensor counts; > 2048 uses the sparse path")
@@ -192,3 +200,5 @@ def add_parsers(subcommands: argparse._SubParsersAction) -> None:
     bmod.set_defaults(func=cmd_bench_models)
 
     add_compare_parser(bench_cmds)
+    add_allreduce_parser(bench_cmds)
+    add_scaling_parser(bench_cmds)

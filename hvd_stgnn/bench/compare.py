@@ -32,7 +32,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hvd_stgnn.bench.jobs import LAUNCHER, available_cores, job_environment, run_job, train_executable, warm_page_cache
+from hvd_stgnn.bench.jobs import (
+    LAUNCHER, available_cores, check_all, check_out, check_preset_and_model, check_train_args, job_environment,
+    resolve_data, run_job, train_executable, warm_page_cache,
+)
 from hvd_stgnn.bench.report import (
     data_summary, fmt_mb, fmt_num, fmt_pct, invoked_command, machine_info, versions, write_csv,
 )
@@ -404,15 +407,9 @@ def explicit_command(args: argparse.Namespace, nps: list[int]) -> str:
 
 
 def _check_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
-    from hvd_stgnn.data.synthetic import PRESETS
-    from hvd_stgnn.models import MODELS
-
     nps = parse_np_list(args.np)
-    if not args.data and args.preset not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {args.preset!r} (choose from {', '.join(PRESETS)})")
-    if args.model not in MODELS:
-        raise ConfigError(f"--model: unknown model {args.model!r} (choose from {', '.join(MODELS)})")
-    checks = [
+    check_preset_and_model(args)
+    check_all([
         (args.epochs >= 1, "--epochs must be >= 1"),
         (args.batch_size >= 1, "--batch-size must be >= 1"),
         (args.hidden >= 0, "--hidden must be >= 1 (or 0: the trainer's default)"),
@@ -420,35 +417,19 @@ def _check_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
         (args.repeats >= 1, "--repeats must be >= 1"),
         (args.fusion_threshold_mb >= 0, "--fusion-threshold-mb must be >= 0"),
         (args.job_timeout >= 0, "--job-timeout must be >= 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    ])
     try:
         train_args = shlex.split(args.train_args)
     except ValueError as exc:
         raise ConfigError(f"--train-args: cannot split {args.train_args!r} ({exc})") from None
-    clash = sorted({a.split("=")[0] for a in train_args} & CONTROLLED_FLAGS)
-    if clash:
-        raise ConfigError(f"--train-args: {', '.join(clash)} is set by the benchmark itself (use its own flag)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory")
+    check_train_args(train_args, CONTROLLED_FLAGS)
+    check_out(args.out)
     return nps, train_args
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     nps, train_args = _check_args(args)
-    if args.data:
-        data = Path(args.data).resolve()
-        if not data.exists():
-            raise ConfigError(f"--data {args.data}: no such file")
-        source = ""
-    else:
-        from hvd_stgnn.bench import load
-
-        data = load.dataset_for(args.preset, args.seed, Path(args.cache)).resolve()
-        source = f"preset {args.preset} (seed {args.seed})"
+    data, source = resolve_data(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(data=data, model=args.model, hidden=args.hidden, epochs=args.epochs,

@@ -1,10 +1,12 @@
 """Running benchmark jobs: real `jobs/local.sh` (mpirun) or `srun` jobs of `hvd-stgnn train`,
 one subprocess each, their output kept in a log, a failure reported as one line naming the
-job, its command and its log. Shared by `bench compare` and `bench scaling`.
+job, its command and its log; and the argument checks and dataset resolution every such
+benchmark does before its first job. Shared by `bench compare` and `bench scaling`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import signal
@@ -13,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from hvd_stgnn.errors import UserError
+from hvd_stgnn.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "jobs" / "local.sh"
@@ -104,3 +106,52 @@ def warm_page_cache(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(1 << 24):
             pass
+
+
+# --- before the first job: arguments and the dataset -----------------------------------------
+
+
+def check_all(checks: list[tuple[bool, str]]) -> None:
+    """(condition, message) pairs: ConfigError with the first message whose condition fails."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def check_preset_and_model(args: argparse.Namespace) -> None:
+    """--preset (unless --data is given) and --model name a known preset and model."""
+    from hvd_stgnn.data.synthetic import PRESETS
+    from hvd_stgnn.models import MODELS
+
+    if not args.data and args.preset not in PRESETS:
+        raise ConfigError(f"--preset: unknown preset {args.preset!r} (choose from {', '.join(PRESETS)})")
+    if args.model not in MODELS:
+        raise ConfigError(f"--model: unknown model {args.model!r} (choose from {', '.join(MODELS)})")
+
+
+def check_train_args(train_args: list[str], controlled: set[str]) -> None:
+    """--train-args (already split) may not set a flag the benchmark sets itself."""
+    clash = sorted({a.split("=")[0] for a in train_args} & controlled)
+    if clash:
+        raise ConfigError(f"--train-args: {', '.join(clash)} is set by the benchmark itself (use its own flag)")
+
+
+def check_out(out: str) -> None:
+    """--out is a directory or does not exist yet."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: exists and is not a directory")
+
+
+def resolve_data(args: argparse.Namespace) -> tuple[Path, str]:
+    """(the dataset file, where it comes from for the report): --data as given (it must
+    exist; source ""), else --preset generated with --seed into --cache (or found there)."""
+    if args.data:
+        data = Path(args.data).resolve()
+        if not data.exists():
+            raise ConfigError(f"--data {args.data}: no such file")
+        return data, ""
+    from hvd_stgnn.bench import load
+
+    data = load.dataset_for(args.preset, args.seed, Path(args.cache)).resolve()
+    return data, f"preset {args.preset} (seed {args.seed})"

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hvd_stgnn.models.a3tgcn import A3TGCN
+from hvd_stgnn.models.checkpointing import set_activation_checkpointing
 from hvd_stgnn.models.compile import compile_model, prefers_cudnn_benchmark
 from hvd_stgnn.models.dcrnn import build_dcrnn
 from hvd_stgnn.models.graph import GCNOperator
@@ -47,6 +48,7 @@ class ModelInputs:
     teacher_decay: int = 0  # DCRNN scheduled sampling: cl_decay_steps (0: off)
     adaptive_adjacency: bool = True  # Graph WaveNet: learned adjacency (dense graphs only)
     self_loop_weight: float = 8.0  # T-GCN, A3T-GCN: weight w of the GCN's self-loops, Â = norm(A + w I)
+    activation_checkpointing: str = "none"  # none | step | block (models/checkpointing.py)
     device: str = "cpu"  # where the model will run: graph_mode "auto" chooses dense/sparse per device (graph.prefer_dense)
 
 
@@ -73,7 +75,7 @@ MODELS: dict[str, Callable[[ModelInputs], nn.Module]] = {
 def build_model(name: str, inputs: ModelInputs) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
-    return MODELS[name](inputs)
+    return set_activation_checkpointing(MODELS[name](inputs), name, inputs.activation_checkpointing)
 
 
 __all__ = ["MODELS", "ModelInputs", "build_model", "compile_model", "prefers_cudnn_benchmark"]

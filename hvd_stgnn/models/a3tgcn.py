@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hvd_stgnn.models.checkpointing import region
 from hvd_stgnn.models.graph import GCNOperator
 from hvd_stgnn.models.ops import linear, tanh
 from hvd_stgnn.models.tgcn import TGCNCell
@@ -24,6 +25,7 @@ from hvd_stgnn.models.tgcn import TGCNCell
 
 class A3TGCN(nn.Module):
     compile_targets = ("step", "attend")  # compile_model (models/compile.py)
+    checkpointing = False  # --activation-checkpointing step: `step` recomputed (models/checkpointing.py)
 
     def __init__(self, graph: GCNOperator, in_features: int, horizon: int, hidden: int = 64, attention: int = 0) -> None:
         super().__init__()
@@ -49,7 +51,7 @@ class A3TGCN(nn.Module):
         h = x.new_zeros(N, B, self.cell.hidden)
         states, scores = [], []
         for t in range(L):
-            h, e = self.step(steps[t], h)
+            h, e = region(self.step, steps[t], h, enabled=self.checkpointing)
             states.append(h)
             scores.append(e)
         return self.attend(states, scores)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hvd_stgnn.models.checkpointing import region
 from hvd_stgnn.models.graph import DirectionStack, PropagationMatrix, random_walk_operators
 from hvd_stgnn.models.ops import linear, tanh
 
@@ -174,6 +175,9 @@ class DCRNN(nn.Module):
 
     uses_teacher = True
     compile_targets = ("encoder", "decoder")  # compile_model: every DCGRU cell (models/compile.py)
+    # --activation-checkpointing step: every cell call recomputed in the backward pass
+    # (models/checkpointing.py); the coins are drawn outside the cells, once per forward.
+    checkpointing = False
 
     def __init__(self, operators: list[PropagationMatrix], in_features: int, horizon: int, hidden: int = 64,
                  layers: int = 2, diffusion_steps: int = 2, teacher_decay: int = 0) -> None:
@@ -208,7 +212,7 @@ class DCRNN(nn.Module):
         for t in range(L):
             inp = steps[t]
             for i, cell in enumerate(self.encoder):
-                hs[i] = inp = cell(inp, hs[i], weights[i])
+                hs[i] = inp = region(cell, inp, hs[i], weights[i], enabled=self.checkpointing)
 
         sample = self.training and teacher is not None and self.teacher_decay > 0
         if sample:
@@ -221,7 +225,7 @@ class DCRNN(nn.Module):
         for t in range(self.horizon):
             out = inp
             for i, cell in enumerate(self.decoder):
-                hs[i] = out = cell(out, hs[i], weights[i])
+                hs[i] = out = region(cell, out, hs[i], weights[i], enabled=self.checkpointing)
             pred = self.project(out)  # (N, B, 1)
             preds.append(pred)
             inp = torch.where(coins[t], truth[t], pred) if sample else pred

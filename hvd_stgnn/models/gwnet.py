@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hvd_stgnn.models.checkpointing import region
 from hvd_stgnn.models.graph import DENSE_MAX_NODES, PropagationMatrix, random_walk_operators
 from hvd_stgnn.models.ops import tanh
 
@@ -96,6 +97,9 @@ class GraphWaveNet(nn.Module):
     compile_targets = ("self",)  # compile_model: the whole forward (no recurrence)
     # Fixed-shape dilated convolutions: cuDNN's algorithm search pays off (compile.prefers_cudnn_benchmark).
     cudnn_benchmark = True
+    # --activation-checkpointing block: each residual block recomputed in the backward pass
+    # (models/checkpointing.py); batch norm stays outside (its running statistics update once).
+    checkpointing = False
 
     def __init__(
         self,
@@ -169,16 +173,24 @@ class GraphWaveNet(nn.Module):
 
         skip = 0
         for i in range(len(self.filter_convs)):
-            residual = x
-            z = tanh(self.filter_convs[i](residual)) * torch.sigmoid(self.gate_convs[i](residual))
-            # Only the last step reaches the output; a 1x1 conv is per-step, so cut first.
-            skip = skip + self.skip_convs[i](z[..., -1:])
-            if i < len(self.gconvs):
-                x = self.gconvs[i](z, supports)
-                x = self.bns[i](x + residual[..., -x.shape[-1]:])
+            out, skip_i = region(self.block, i, x, supports, enabled=self.checkpointing)
+            skip = skip + skip_i
+            if out is not None:
+                x = self.bns[i](out)
 
         y = self.end_conv_2(F.relu(self.end_conv_1(F.relu(skip))))  # (B, H, N, 1)
         return y.squeeze(-1)
+
+    def block(self, i: int, x: torch.Tensor, supports: list) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Residual block i without its batch norm: x (B, C, N, T) -> (graph conv + residual,
+        (B, C, N, T - d), or None for the last block; skip contribution (B, skip, N, 1))."""
+        z = tanh(self.filter_convs[i](x)) * torch.sigmoid(self.gate_convs[i](x))
+        # Only the last step reaches the output; a 1x1 conv is per-step, so cut first.
+        skip = self.skip_convs[i](z[..., -1:])
+        if i >= len(self.gconvs):
+            return None, skip
+        out = self.gconvs[i](z, supports)
+        return out + x[..., -out.shape[-1]:], skip
 
 
 def build_gwnet(m: ModelInputs) -> nn.Module:

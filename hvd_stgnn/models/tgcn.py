@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hvd_stgnn.models.checkpointing import region
 from hvd_stgnn.models.graph import GCNOperator
 from hvd_stgnn.models.ops import linear, tanh
 
@@ -40,20 +41,22 @@ class TGCNCell(nn.Module):
         # state stays in its own dtype (float32): no-op casts otherwise.
         return torch.lerp(c.to(h.dtype), h, u.to(h.dtype))
 
-    def run(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x (B, L, N, F) -> the L hidden states, each (N, B, hidden), from a zero state."""
+    def run(self, x: torch.Tensor, checkpointing: bool = False) -> list[torch.Tensor]:
+        """x (B, L, N, F) -> the L hidden states, each (N, B, hidden), from a zero state;
+        `checkpointing`: each step recomputed in the backward pass (models/checkpointing.py)."""
         B, L, N, _ = x.shape
         steps = x.permute(1, 2, 0, 3).contiguous()  # (L, N, B, F): steps[t] is contiguous
         h = x.new_zeros(N, B, self.hidden)
         states = []
         for t in range(L):
-            h = self(steps[t], h)
+            h = region(self, steps[t], h, enabled=checkpointing)
             states.append(h)
         return states
 
 
 class TGCN(nn.Module):
     compile_targets = ("cell",)  # compile_model: the per-step function (models/compile.py)
+    checkpointing = False  # --activation-checkpointing step (models/checkpointing.py)
 
     def __init__(self, graph: GCNOperator, in_features: int, horizon: int, hidden: int = 64) -> None:
         super().__init__()
@@ -61,5 +64,5 @@ class TGCN(nn.Module):
         self.head = nn.Linear(hidden, horizon)
 
     def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.cell.run(x)[-1]
+        h = self.cell.run(x, self.checkpointing)[-1]
         return self.head(h).permute(1, 2, 0)  # (N, B, H) -> (B, H, N)

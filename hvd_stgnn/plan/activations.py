@@ -23,7 +23,9 @@ measured peak factor (docs/PLANNER.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
 from dataclasses import dataclass
 
 PROBE_NODES = 128
@@ -56,35 +58,98 @@ def _random_graph(num_nodes: int, degree: int, seed: int = 0):
     return torch.stack([src, dst]), weight
 
 
-def _saved_bytes(model, x, teacher) -> int:
-    """Bytes of the tensors autograd saves in one forward (+ backward, which frees them)."""
-    import torch
+class SavedTensorCount:
+    """Bytes of the tensors one forward pass keeps for the backward pass, each storage once
+    (by data pointer), parameters, buffers and `excluded` storages left out.
 
-    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), x)
-                if t.layout == torch.strided}
-    seen: dict[int, int] = {}
+    `pack` is the saved-tensor hook. With activation checkpointing (models/checkpointing.py,
+    `probing`), a checkpointed region's internal saved tensors never reach the hook: what it
+    keeps alive for its recomputation are its arguments (torch.utils.checkpoint saves the
+    top-level tensors where this hook sees them; `hold` adds the ones nested in tuples,
+    DCRNN's per-pass weights). A region run plainly is counted on its own as well (`region`):
+    what its recomputation saves during the backward pass (`max_region_bytes`)."""
 
-    def pack(t):
+    def __init__(self, model, *excluded) -> None:
+        import torch
+
+        self.excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), *excluded)
+                         if t.layout == torch.strided}
+        self.seen: dict[int, int] = {}
+        self.max_region_bytes = 0
+        self._region: dict[int, int] | None = None
+
+    def _add(self, t, into: dict) -> None:
+        import torch
+
         if t.layout == torch.strided:  # sparse tensors saved are the graph operators: buffers
             storage = t.untyped_storage()
             ptr = storage.data_ptr()
-            if ptr and ptr not in excluded:
-                seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
+            if ptr and ptr not in self.excluded:
+                into[ptr] = max(into.get(ptr, 0), storage.nbytes())
+
+    def pack(self, t):
+        self._add(t, self.seen)
+        if self._region is not None:
+            self._add(t, self._region)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def hold(self, tensors) -> None:
+        for t in tensors:
+            self._add(t, self.seen)
+
+    @contextlib.contextmanager
+    def region(self):
+        self._region = {}
+        try:
+            yield
+        finally:
+            self.max_region_bytes = max(self.max_region_bytes, sum(self._region.values()))
+            self._region = None
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(self.seen.values())
+
+
+def count_saved(model, x, teacher, backward: bool = True) -> SavedTensorCount:
+    """One training forward (and backward) of `model` on x (B, L, N, F), counted."""
+    import torch
+
+    from hvd_stgnn.models.checkpointing import probing
+
+    count = SavedTensorCount(model, x)
+    with probing(count), torch.autograd.graph.saved_tensors_hooks(count.pack, lambda t: t):
         out = model(x, teacher)
+    if backward:
         out.abs().mean().backward()
-    return sum(seen.values())
+    return count
+
+
+def _saved_bytes(model, x, teacher) -> int:
+    """Activation bytes of one training step: what the forward keeps for the backward pass,
+    plus, with checkpointing, the largest region's recomputation (measured on a plain run
+    of the same model: the same regions, each counted on its own)."""
+    if not getattr(model, "checkpointing", False):
+        return count_saved(model, x, teacher).stored_bytes
+    stored = count_saved(model, x, teacher).stored_bytes
+    model.checkpointing = False
+    try:
+        recompute = count_saved(model, x, teacher).max_region_bytes
+    finally:
+        model.checkpointing = True
+    return stored + recompute
 
 
 @functools.lru_cache(maxsize=64)
 def activation_profile(model: str, num_nodes: int, num_edges: int, in_features: int, input_steps: int,
                        horizon: int, hidden: int = 64, layers: int = 2, diffusion_steps: int = 2,
-                       adaptive_adjacency: bool = True, dense: bool = False) -> ActivationProfile:
+                       adaptive_adjacency: bool = True, dense: bool = False,
+                       checkpointing: str = "none", precision: str = "fp32") -> ActivationProfile:
     """Probe `model` with graph storage `dense` (what the real model uses at num_nodes) at
     N_p = min(num_nodes, 128): forward + backward at (B, N) = (1, N_p), (2, N_p), (1, N_p / 2),
-    one thread. The first two give the per-window part, the third separates the B-independent
+    one thread; with `checkpointing` (models/checkpointing.py) and under `precision` (bf16 and
+    fp16: CPU autocast to bf16, which stores the same 2 bytes per value as fp16 on a GPU).
+    The first two give the per-window part, the third separates the B-independent
     part into a * N^2 (Graph WaveNet's adaptive adjacency) and a constant."""
     import torch
 
@@ -108,11 +173,12 @@ def activation_profile(model: str, num_nodes: int, num_edges: int, in_features: 
             net = build_model(model, ModelInputs(
                 edge_index, edge_weight, n, in_features=in_features, input_steps=input_steps, horizon=horizon,
                 hidden=hidden, graph_mode="dense" if dense else "sparse", layers=layers,
-                diffusion_steps=diffusion_steps, adaptive_adjacency=adaptive))
+                diffusion_steps=diffusion_steps, adaptive_adjacency=adaptive, activation_checkpointing=checkpointing))
             net.train()
             x = torch.randn(b, input_steps, n, in_features)
             teacher = torch.randn(b, horizon, n) if getattr(net, "uses_teacher", False) else None
-            saved[b, n] = _saved_bytes(net, x, teacher)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
+                saved[b, n] = _saved_bytes(net, x, teacher)
     finally:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng_state)
@@ -160,15 +226,17 @@ def _status_bytes(key: str) -> int:
 
 
 def measure_step_peak(model: str, num_nodes: int, batch_size: int, steps: int = 8, hidden: int = 64,
-                      degree: int = 3, input_steps: int = 12, horizon: int = 12) -> dict:
+                      degree: int = 3, input_steps: int = 12, horizon: int = 12, checkpointing: str = "none",
+                      layers: int = 2) -> dict:
     """Calibration of estimate.PEAK_FACTOR (Linux; run in a FRESH process, one thread):
     peak RSS growth over `steps` training steps (forward, backward, Adam) relative to RSS
-    before the first, divided by the saved-tensor bytes the profile predicts. The kernel's
+    before the first, divided by the activation bytes the profile predicts (`_saved_bytes`:
+    with `checkpointing`, the stored bytes plus one region's recomputation). The kernel's
     peak (VmHWM) is reset first through /proc/self/clear_refs.
 
-    As in the trainer, the previous step's prediction and loss (and so its autograd graph)
-    stay referenced until the next forward has run: with glibc malloc that alone raises the
-    steady peak (DCRNN at N = 207, B = 8: 2.8 x saved instead of 1.7 x when deleted)."""
+    As in the trainer, the step's prediction and loss are freed before the next forward (kept
+    alive, their autograd graph's buffers raised the steady peak with glibc malloc: DCRNN at
+    N = 207, B = 8, 2.9 x saved instead of 1.7 x)."""
     import torch
 
     from hvd_stgnn.models import ModelInputs, build_model
@@ -178,8 +246,8 @@ def measure_step_peak(model: str, num_nodes: int, batch_size: int, steps: int = 
     torch.manual_seed(0)
     edge_index, edge_weight = _random_graph(num_nodes, degree)
     dense = prefer_dense(num_nodes, num_nodes * degree)
-    prof = activation_profile(model, num_nodes, num_nodes * degree, 2, input_steps, horizon, hidden, 2, 2, True, dense)
-    net = build_model(model, ModelInputs(edge_index, edge_weight, num_nodes, 2, input_steps, horizon, hidden=hidden))
+    net = build_model(model, ModelInputs(edge_index, edge_weight, num_nodes, 2, input_steps, horizon, hidden=hidden,
+                                         layers=layers, activation_checkpointing=checkpointing))
     opt = torch.optim.Adam(net.parameters())
     x = torch.randn(batch_size, input_steps, num_nodes, 2)
     y = torch.randn(batch_size, horizon, num_nodes)
@@ -187,14 +255,21 @@ def measure_step_peak(model: str, num_nodes: int, batch_size: int, steps: int = 
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = _status_bytes("VmRSS")
-    peaks = []
+    peaks, seconds = [], []
     for _ in range(steps):
+        t0 = time.perf_counter()
         opt.zero_grad()
-        pred = net(x, teacher)  # replaces the previous step's pred and loss only now
+        pred = net(x, teacher)
         loss = (pred - y).abs().mean()
         loss.backward()
         opt.step()
+        del pred, loss
+        seconds.append(time.perf_counter() - t0)
         peaks.append(_status_bytes("VmHWM") - base)
+    # Probed after the steps: memory the probe freed and the allocator kept would be reused.
+    prof = activation_profile(model, num_nodes, num_nodes * degree, 2, input_steps, horizon, hidden, layers, 2, True,
+                              dense, checkpointing)
     saved = prof.saved_bytes(batch_size, num_nodes)
-    return {"model": model, "nodes": num_nodes, "batch_size": batch_size, "saved_bytes": saved,
-            "peak_growth_bytes": peaks, "factor": [round(p / saved, 3) for p in peaks]}
+    return {"model": model, "nodes": num_nodes, "batch_size": batch_size, "checkpointing": checkpointing,
+            "saved_bytes": saved, "peak_growth_bytes": peaks, "step_seconds": seconds,
+            "factor": [round(p / saved, 3) for p in peaks]}

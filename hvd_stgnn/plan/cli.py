@@ -1,7 +1,9 @@
-"""`hvd-stgnn plan`: predicted memory per node and per rank, index-batching vs materialized.
+"""`hvd-stgnn plan`: predicted memory per node and per rank, index-batching vs materialized;
+with `--time`, predicted time per step, per epoch and end to end (plan/timing.py).
 
     hvd-stgnn plan --preset pems --np 2 --model tgcn --batch-size 8
     hvd-stgnn plan --data data/metr-la.h5 --np 8 --ranks-per-node 4 --device cuda --device-memory-gb 80 --json
+    hvd-stgnn plan --time --preset metr-la --np 1,2,4 --threads 1 --epochs 5 --calibrate
 
 Prints both data modes side by side; `--data-mode` picks the one the verdict (and the exit
 status: 0 fits, 1 does not) is about. Bad input: ConfigError / DataError naming the flag or
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from hvd_stgnn.errors import ConfigError, DataError
 from hvd_stgnn.plan.estimate import (
+    ALLOCATORS,
     GiB,
     LABELS,
     RESIDENT,
@@ -25,11 +28,13 @@ from hvd_stgnn.plan.estimate import (
     estimate,
     exact_operator_nnz,
     fmt_bytes,
+    max_batch_by_mode,
     meminfo,
+    preloaded_allocator,
 )
 
 
-def _dataset_shape(args: argparse.Namespace):
+def dataset_shape(args: argparse.Namespace):
     """(name, T, N, E, interval_s, exact operator nnz or None) of --data or --preset."""
     if args.data:
         from hvd_stgnn.data.hdf5 import read_metadata
@@ -74,7 +79,10 @@ def render(name: str, plans: dict[str, Plan], selected: str, node_memory: int, n
         f"plan: {name}  T={p0.num_steps:,} N={p0.num_nodes:,} E={p0.num_edges:,}  windows "
         f"train/val/test={p0.windows['train']:,}/{p0.windows['val']:,}/{p0.windows['test']:,}",
         f"model: {i.model} ({p0.parameters:,} parameters, graph {p0.graph_storage})  B={i.batch_size} "
-        f"L={i.input_steps} H={i.horizon} F={i.features} hidden={i.hidden}  shuffle {i.shuffle}  device {i.device}",
+        f"L={i.input_steps} H={i.horizon} F={i.features} hidden={i.hidden}  shuffle {i.shuffle}  device {i.device}"
+        + (f"  activation checkpointing {i.activation_checkpointing}" if i.activation_checkpointing != "none" else "")
+        + (f"  precision {i.precision}" if i.precision != "fp32" else "")
+        + (f"  malloc {i.allocator}" if i.allocator != "glibc" else ""),
         f"job: {p0.world_size} rank(s), {p0.ranks_per_node} per node ({nodes} node(s)); node memory "
         f"{fmt_bytes(node_memory)} ({node_source})"
         + (f"; GPU memory {fmt_bytes(device_memory)}" if device_memory else ""),
@@ -116,10 +124,27 @@ def render(name: str, plans: dict[str, Plan], selected: str, node_memory: int, n
     return "\n".join(lines)
 
 
+def _np_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rank count or a comma-separated list, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"rank counts must be >= 1, got {text!r}")
+    return values
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the plan; 0 when the --data-mode run fits, 1 when it does not."""
     if bool(args.data) == bool(args.preset):
         raise ConfigError("give exactly one of --preset or --data")
+    if args.time:
+        from hvd_stgnn.plan.time_cli import cmd_plan_time
+
+        return cmd_plan_time(args)
+    if len(args.np) > 1:
+        raise ConfigError(f"--np {','.join(map(str, args.np))}: one rank count for a memory plan (a list with --time)")
+    args.np = args.np[0]
     for flag, value in (("--np", args.np), ("--batch-size", args.batch_size), ("--hidden", args.hidden),
                         ("--layers", args.layers), ("--diffusion-steps", args.diffusion_steps),
                         ("--input-steps", args.input_steps), ("--horizon", args.horizon)):
@@ -147,12 +172,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if device_memory is None:
                 raise ConfigError("--device cuda: no CUDA device here to read its memory from; give --device-memory-gb")
 
-    name, T, N, E, interval, nnz = _dataset_shape(args)
+    from hvd_stgnn.models.checkpointing import checkpointing_error
+
+    error = checkpointing_error(args.model, args.activation_checkpointing)
+    if error:
+        raise ConfigError(error)
+    name, T, N, E, interval, nnz = dataset_shape(args)
     base = PlanInputs(
         model=args.model, hidden=args.hidden, layers=args.layers, diffusion_steps=args.diffusion_steps,
         graph_mode=args.graph_mode, batch_size=args.batch_size, input_steps=args.input_steps, horizon=args.horizon,
         day_of_week=args.day_of_week, shuffle=args.shuffle, device=args.device, baselines=args.baselines,
-        interval_s=interval,
+        interval_s=interval, activation_checkpointing=args.activation_checkpointing, precision=args.precision,
+        allocator=args.allocator,
     )
     plans = {}
     try:
@@ -163,15 +194,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise DataError(f"{source}: {exc}") from None
     chosen = plans[args.data_mode]
     fits = chosen.fits(node_memory, device_memory)
+    by_mode = None
+    if args.max_batch:
+        by_mode = max_batch_by_mode(chosen.inputs, T, N, E, args.np, ranks_per_node, node_memory, device_memory, nnz)
     if args.json:
         print(json.dumps({
             "dataset": name, "selected": args.data_mode, "node_memory_bytes": node_memory,
             "device_memory_bytes": device_memory,
             "plans": {m: {**p.to_dict(), "fits": p.fits(node_memory, device_memory)} for m, p in plans.items()},
+            **({"max_batch": by_mode} if by_mode is not None else {}),
         }, indent=2))
     else:
         print(render(name, plans, args.data_mode, node_memory, node_source, device_memory))
+        if by_mode is not None:
+            print(max_batch_text(by_mode, chosen, node_memory, device_memory))
     return 0 if fits else 1
+
+
+def max_batch_text(by_mode: dict[str, int], plan: Plan, node_memory: int, device_memory: int | None) -> str:
+    """The --max-batch lines: per checkpointing mode, the largest per-rank batch that fits."""
+    where = f"{fmt_bytes(device_memory)} per GPU" if plan.device else f"{fmt_bytes(node_memory)} per node"
+    lines = [f"largest per-rank --batch-size that fits {where} (--data-mode {plan.inputs.data_mode}, "
+             f"--precision {plan.inputs.precision}):"]
+    for mode, b in by_mode.items():
+        lines.append(f"  --activation-checkpointing {mode:<6} {b if b else 'none fits (not even 1)'}")
+    return "\n".join(lines)
 
 
 def add_parsers(subparsers) -> argparse.ArgumentParser:
@@ -186,7 +233,8 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--preset", choices=list(PRESETS), default="", help="a synthetic preset's shape (seed-0 graph)")
     src.add_argument("--data", default="", help="an HDF5 dataset (metadata only is read)")
     job = p.add_argument_group("job")
-    job.add_argument("--np", type=int, default=1, help="ranks in the job (default: 1)")
+    job.add_argument("--np", type=_np_list, default=[1], help="ranks in the job (default: 1); with --time a list, "
+                     "e.g. 1,2,4")
     job.add_argument("--ranks-per-node", type=int, default=0, help="ranks per node (default: all on one node)")
     job.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where each rank trains (default: cpu)")
     job.add_argument("--node-memory-gb", type=float, default=None, help="node memory in GiB (default: MemTotal here)")
@@ -209,6 +257,20 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
                      help="add the day-of-week feature (F = 3)")
     run.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=t.baselines,
                      help="the run evaluates the baselines (their slot sums are a transient)")
+    run.add_argument("--activation-checkpointing", choices=["none", "step", "block"],
+                     default=t.activation_checkpointing,
+                     help=f"step (recurrent models) or block (Graph WaveNet) (default: {t.activation_checkpointing})")
+    run.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=t.precision,
+                     help=f"bf16/fp16: activations stored in 2 bytes (default: {t.precision})")
+    run.add_argument("--allocator", choices=list(ALLOCATORS), default=preloaded_allocator(),
+                     help="the ranks' malloc on the host: glibc, or jemalloc (HVD_STGNN_JEMALLOC=1, jobs/common.sh) "
+                     "(default: this process's)")
+    p.add_argument("--max-batch", action="store_true",
+                   help="also print the largest per-rank --batch-size that fits, without and with activation "
+                   "checkpointing")
     p.add_argument("--json", action="store_true", help="print JSON")
+    from hvd_stgnn.plan.time_cli import add_time_arguments
+
+    add_time_arguments(p)
     p.set_defaults(func=cmd_plan)
     return p

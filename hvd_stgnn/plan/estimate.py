@@ -34,6 +34,7 @@ context) and the host keeps runtime (+ CUDA host libraries), statistics and base
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -54,11 +55,33 @@ FLOAT = 4  # float32 bytes
 RUNTIME_IMPORT_PRIVATE_BYTES = 242 * MiB
 RUNTIME_PRIVATE_BYTES = 255 * MiB
 RUNTIME_SHARED_BYTES = 120 * MiB
-# Peak RSS growth of a training step over the bytes autograd saves (activation_profile),
-# steady state over 8 steps with glibc malloc (which keeps freed heap memory), the previous
-# step's loss alive as in the trainer: the largest of (N, B) = (50, 32), (207, 8), (207, 32),
-# (1000, 8), (11160, 2), one thread (activations.measure_step_peak), rounded up.
-PEAK_FACTOR = {"tgcn": 2.2, "a3tgcn": 2.6, "dcrnn": 3.6, "gwnet": 1.6}
+# Peak growth of a training step over its activation bytes (activations.activation_profile:
+# saved bytes; with checkpointing, stored bytes + one region's recomputation), per host
+# allocator and --activation-checkpointing mode ("checkpointed": step or block):
+# activations.measure_step_peak in a fresh process, one thread, hidden 64, the step's loss and
+# prediction freed before the next forward as in the trainer, last of 4-6 steps (docs/PLANNER.md).
+# "glibc" (the default malloc; its dynamic mmap threshold sends tensors below 32 MiB to the
+# heap, which keeps freed memory in pieces: what a CPU rank's RSS shows): the largest value
+# at (N, B) = (1000, 8) and (11160, 2), the sizes where memory matters; at N = 207 glibc's
+# factors run up to 1.6x higher (checkpointed T-GCN 5.4 at B = 8) and are not predicted.
+# "jemalloc" (HVD_STGNN_JEMALLOC=1, jobs/common.sh: size classes, freed pages kept; RSS
+# follows the live tensor bytes, as the profiler's memory events do): the middle of the
+# values at (207, 8), (207, 16), (207, 32), (1000, 8), all within 20% of it but T-GCN's
+# checkpointed 2.37 at (207, 8) and 1.56 at (1000, 8).
+PEAK_FACTOR = {
+    "glibc": {
+        "none": {"tgcn": 1.7, "a3tgcn": 2.1, "dcrnn": 2.9, "gwnet": 1.3},
+        "checkpointed": {"tgcn": 3.4, "a3tgcn": 3.4, "dcrnn": 16.0, "gwnet": 2.5},
+    },
+    "jemalloc": {
+        "none": {"tgcn": 1.3, "a3tgcn": 1.5, "dcrnn": 1.35, "gwnet": 1.4},
+        "checkpointed": {"tgcn": 1.95, "a3tgcn": 2.15, "dcrnn": 1.95, "gwnet": 2.25},
+    },
+}
+ALLOCATORS = tuple(PEAK_FACTOR)
+# A GPU: the jemalloc factors stand in for PyTorch's caching allocator (which also keeps freed
+# blocks in size classes); NOT measured here (no GPU).
+DEVICE_ALLOCATOR = "jemalloc"
 DEFAULT_PEAK_FACTOR = 3.6
 # Host transients of loading, in chunks of steps (the functions' `chunk` default, 1,024),
 # measured as peak RSS growth per reading of one chunk (chunk x N):
@@ -106,6 +129,9 @@ class PlanInputs:
     device: str = "cpu"  # cpu | cuda
     baselines: bool = True
     interval_s: int = 300
+    activation_checkpointing: str = "none"  # none | step | block (models/checkpointing.py)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: activations stored in 2 bytes under autocast
+    allocator: str = "glibc"  # host malloc: glibc | jemalloc (PEAK_FACTOR)
 
     @classmethod
     def from_config(cls, cfg, device_type: str = "cpu", interval_s: int = 300) -> "PlanInputs":
@@ -116,6 +142,8 @@ class PlanInputs:
             horizon=cfg.data.horizon, split=tuple(cfg.data.split), day_of_week=cfg.data.day_of_week,
             shuffle=cfg.data.shuffle, data_mode=cfg.data.data_mode, device=device_type,
             baselines=cfg.train.baselines, interval_s=interval_s,
+            activation_checkpointing=cfg.train.activation_checkpointing, precision=cfg.train.precision,
+            allocator=preloaded_allocator(),
         )
 
     @property
@@ -344,8 +372,17 @@ def graph_bytes(num_nodes: int, nnz: list[int], graph_mode: str = "auto", device
 # --- the estimate -------------------------------------------------------------------------
 
 
-def peak_factor(model: str) -> float:
-    return PEAK_FACTOR.get(model, DEFAULT_PEAK_FACTOR)
+def peak_factor(model: str, checkpointing: str = "none", device: str = "cpu", allocator: str = "glibc") -> float:
+    """Peak over activation bytes of `model`'s step: on the host with `allocator`, or a GPU."""
+    by_mode = PEAK_FACTOR[DEVICE_ALLOCATOR if device == "cuda" else allocator]
+    return by_mode["none" if checkpointing == "none" else "checkpointed"].get(model, DEFAULT_PEAK_FACTOR)
+
+
+def preloaded_allocator(env: dict | None = None) -> str:
+    """The allocator of this process as the planner names it: jemalloc when LD_PRELOADed
+    (HVD_STGNN_JEMALLOC=1), else glibc."""
+    env = os.environ if env is None else env
+    return "jemalloc" if "jemalloc" in env.get("LD_PRELOAD", "") else "glibc"
 
 
 def estimate(inputs: PlanInputs, num_steps: int, num_nodes: int, num_edges: int, world_size: int,
@@ -387,9 +424,10 @@ def estimate(inputs: PlanInputs, num_steps: int, num_nodes: int, num_edges: int,
     nnz = list(nnz) if nnz is not None else operator_nnz(inputs.model, N, num_edges)
     graph, storage = graph_bytes(N, nnz, inputs.graph_mode, inputs.device)
     profile = activation_profile(inputs.model, N, num_edges, inputs.features, L, H, inputs.hidden, inputs.layers,
-                                 inputs.diffusion_steps, inputs.adaptive_adjacency, storage == "dense")
+                                 inputs.diffusion_steps, inputs.adaptive_adjacency, storage == "dense",
+                                 inputs.activation_checkpointing, inputs.precision)
     saved = profile.saved_bytes(B, N)
-    factor = peak_factor(inputs.model)
+    factor = peak_factor(inputs.model, inputs.activation_checkpointing, inputs.device, inputs.allocator)
     activations = int(saved * factor)
 
     # Host transients of every mode, chunked over steps: the z-score sums over the rank's
@@ -531,9 +569,55 @@ def check_fits(cfg, num_steps: int, num_nodes: int, num_edges: int, world_size: 
             problems.append(f"predicted {fmt_bytes(plan.device_bytes)} per GPU > {fmt_bytes(device_memory_bytes)}; "
                             f"largest: {top}")
     if problems:
-        raise ConfigError(f"memory: {'; '.join(problems)}; {hint(plan)} (hvd-stgnn plan shows every term)",
+        by_mode = max_batch_by_mode(inputs, num_steps, num_nodes, num_edges, world_size, ranks_per_node,
+                                    node_memory_bytes, device_memory_bytes if plan.device else None)
+        note = f"; {max_batch_note(by_mode)}"
+        raise ConfigError(f"memory: {'; '.join(problems)}; {hint(plan)}{note} (hvd-stgnn plan shows every term)",
                           all_ranks=True)
     return plan
+
+
+MAX_BATCH_LIMIT = 1 << 20
+
+
+def max_batch(inputs: PlanInputs, num_steps: int, num_nodes: int, num_edges: int, world_size: int,
+              ranks_per_node: int, node_memory: int, device_memory: int | None = None,
+              nnz: list[int] | None = None) -> int:
+    """The largest per-rank --batch-size with which `inputs` fits (0: not even 1), by
+    bisection: every term grows with B or stays (activations, gather, materialize)."""
+    def fits(b: int) -> bool:
+        plan = estimate(dataclasses.replace(inputs, batch_size=b), num_steps, num_nodes, num_edges, world_size,
+                        ranks_per_node, nnz)
+        return plan.fits(node_memory, device_memory)
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= MAX_BATCH_LIMIT and fits(hi):
+        lo, hi = hi, hi * 2
+    if hi > MAX_BATCH_LIMIT:
+        return lo
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def max_batch_by_mode(inputs: PlanInputs, num_steps: int, num_nodes: int, num_edges: int, world_size: int,
+                      ranks_per_node: int, node_memory: int, device_memory: int | None = None,
+                      nnz: list[int] | None = None) -> dict[str, int]:
+    """max_batch for --activation-checkpointing none and the model's own mode (step or block)."""
+    from hvd_stgnn.models.checkpointing import CHECKPOINT_UNITS
+
+    modes = ["none", CHECKPOINT_UNITS[inputs.model]]
+    return {m: max_batch(dataclasses.replace(inputs, activation_checkpointing=m), num_steps, num_nodes, num_edges,
+                         world_size, ranks_per_node, node_memory, device_memory, nnz) for m in modes}
+
+
+def max_batch_note(by_mode: dict[str, int]) -> str:
+    """'largest --batch-size that fits: 12 (--activation-checkpointing none), 60 (... step)'."""
+    return "largest --batch-size that fits: " + ", ".join(
+        f"{b} (--activation-checkpointing {m})" for m, b in by_mode.items())
 
 
 def _cuda_total_memory() -> int | None:
@@ -554,7 +638,12 @@ def hint(plan: Plan) -> str:
     if plan.inputs.data_mode == "materialized" and top in ("data", "materialize"):
         return "use --data-mode index"
     if top in ("activations", "gather"):
-        return f"use a smaller --batch-size (now {plan.inputs.batch_size}) or --hidden, or fewer ranks per node"
+        fix = f"use a smaller --batch-size (now {plan.inputs.batch_size}) or --hidden, or fewer ranks per node"
+        if plan.inputs.activation_checkpointing == "none":
+            from hvd_stgnn.models.checkpointing import CHECKPOINT_UNITS
+
+            fix += f", or --activation-checkpointing {CHECKPOINT_UNITS[plan.inputs.model]}"
+        return fix
     if top in ("statistics", "baselines", "series"):
         extra = " or --no-baselines" if top == "baselines" else ""
         return f"use more nodes (fewer ranks per node){extra}"

@@ -265,7 +265,7 @@ class Trainer:
 
     def train_step(self, micro_batches: list[torch.Tensor], sums: HorizonErrorSums) -> torch.Tensor:
         """One optimizer step over K micro-batches of window starts (K =
-        --backward-passes-per-step; one gradient allreduce); returns the last one's loss."""
+        --backward-passes-per-step; one gradient allreduce); returns the last one's loss, detached."""
         tracker, backend = self.tracker, self.backend
         self.optimizer.zero_grad()
         for i, starts in enumerate(micro_batches):
@@ -279,12 +279,16 @@ class Trainer:
                 with tracker.phase("backward"):  # DDP: includes its bucketed allreduce
                     self.precision.backward(loss / len(micro_batches))
             sums.update(pred.detach(), batch.y, batch.mask)
+            last_loss = loss.detach()
+            # Freed before the next forward: a prediction or loss kept alive keeps its autograd
+            # graph's buffers too, which raised DCRNN's step peak by ~40% (docs/PLANNER.md).
+            del batch, teacher, pred, loss
         with tracker.phase("backward"):  # + waiting for the gradient allreduce
             backend.finish_gradients(self.optimizer)
         with tracker.phase("optimizer"):
             backend.step(self.optimizer, self.model, self.cfg.train.clip_grad, self.precision.scaler)
             self.scheduler.step()
-        return loss
+        return last_loss
 
     def _stop_if_asked(self, epoch: int) -> None:
         """Collective, after every step: a SIGTERM seen by any rank stops every rank here,
@@ -412,5 +416,6 @@ def _model_inputs(cfg: Config, data, num_features: int, device_type: str) -> Mod
         teacher_decay=cfg.model.teacher_decay,
         adaptive_adjacency=cfg.model.adaptive_adjacency,
         self_loop_weight=cfg.model.self_loop_weight,
+        activation_checkpointing=cfg.train.activation_checkpointing,
         device=device_type,  # --graph-mode auto chooses dense or sparse per device
     )
