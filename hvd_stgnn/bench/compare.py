@@ -37,7 +37,7 @@ from hvd_stgnn.bench.jobs import (
     resolve_data, run_job, train_executable, warm_page_cache,
 )
 from hvd_stgnn.bench.report import (
-    data_summary, fmt_mb, fmt_num, fmt_pct, invoked_command, machine_info, versions, write_csv,
+    data_summary, fmt_mb, fmt_num, fmt_pct, header_lines, invoked_command, machine_info, versions, write_csv,
 )
 from hvd_stgnn.errors import ConfigError, UserError
 from hvd_stgnn.results import Results, ResultsFileError
@@ -330,19 +330,9 @@ def report(rows: list[dict], settings: Settings, nps: list[int], repeats: int, *
     vers = vers or versions()
     date = date or dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     threads = ", ".join(f"np={n}: {settings.threads_for(n)}" for n in nps)
-    lines = [
-        "# Horovod + index-batching vs DDP: `hvd-stgnn bench compare`",
-        "",
-        f"- date: {date}",
-        f"- command: `{invoked or command}`",
-    ]
-    if invoked and invoked != command:
-        lines.append(f"- with every setting explicit: `{command}`")
+    lines = header_lines("Horovod + index-batching vs DDP: `hvd-stgnn bench compare`", date=date, command=command,
+                         invoked=invoked, machine=machine, vers=vers)
     lines += [
-        f"- machine: host `{machine['host']}`, {machine['cores']} cores (`nproc`), {machine['cpu']}, "
-        f"{machine['ram_bytes'] / 2**30:.1f} GiB RAM",
-        f"- versions: Python {vers['python']}, torch {vers['torch']}, Horovod {vers['horovod']}, "
-        f"mpi4py {vers['mpi4py']}, {vers['mpirun']}",
         f"- data: {source + ', ' if source else ''}{data_summary(settings.data)}",
         f"- every job: model {settings.model}, hidden {settings.hidden or 'trainer default'}, {settings.epochs} epoch(s), "
         f"batch {settings.batch_size} per rank (global np x {settings.batch_size}), seed {settings.seed}, "

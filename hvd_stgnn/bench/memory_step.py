@@ -305,7 +305,7 @@ def measure(model: str, mode: str, s: Settings) -> dict:
     import torch
 
     from hvd_stgnn.models import ModelInputs, build_model
-    from hvd_stgnn.plan.activations import _random_graph, _status_bytes, count_saved
+    from hvd_stgnn.plan.activations import _random_graph, _status_bytes, count_saved, recompute_bytes, training_step
 
     t_start = time.perf_counter()
     torch.set_num_threads(s.threads)
@@ -333,23 +333,14 @@ def measure(model: str, mode: str, s: Settings) -> dict:
     seconds = []
     for _ in range(s.steps):
         t0 = time.perf_counter()
-        opt.zero_grad()
-        pred = net(x, teacher)
-        loss = (pred - y).abs().mean()
-        loss.backward()
-        opt.step()
-        del pred, loss
+        training_step(net, opt, x, y, teacher)
         seconds.append(time.perf_counter() - t0)
     peak = _status_bytes("VmHWM")
 
     recompute = None
     if mode != "none":
         opt.zero_grad()
-        net.checkpointing = False
-        try:
-            recompute = count_saved(net, x, teacher).max_region_bytes
-        finally:
-            net.checkpointing = True
+        recompute = recompute_bytes(net, x, teacher)
     return {
         "model": model, "mode": mode, **asdict(s), "parameters": sum(p.numel() for p in net.parameters()),
         "saved_bytes": saved, "recompute_bytes": recompute, "rss_before_bytes": base, "peak_rss_bytes": peak,

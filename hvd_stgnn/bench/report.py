@@ -116,6 +116,20 @@ def data_summary(path: Path) -> str:
         return f"`{path}`"
 
 
+def header_lines(title: str, *, date: str, command: str, invoked: str, machine: dict, vers: dict) -> list[str]:
+    """The top of a job benchmark's .md (compare, scaling): title, date, the command as typed
+    and with every setting explicit, machine, versions."""
+    lines = [f"# {title}", "", f"- date: {date}", f"- command: `{invoked or command}`"]
+    if invoked and invoked != command:
+        lines.append(f"- with every setting explicit: `{command}`")
+    return lines + [
+        f"- machine: host `{machine['host']}`, {machine['cores']} cores (`nproc`), {machine['cpu']}, "
+        f"{machine['ram_bytes'] / 2**30:.1f} GiB RAM",
+        f"- versions: Python {vers['python']}, torch {vers['torch']}, Horovod {vers['horovod']}, "
+        f"mpi4py {vers['mpi4py']}, {vers['mpirun']}",
+    ]
+
+
 def invoked_command() -> str:
     """The command line as typed, when this process is the hvd-stgnn CLI."""
     argv0 = Path(sys.argv[0]).name if sys.argv else ""

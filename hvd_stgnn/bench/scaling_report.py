@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from hvd_stgnn.bench.compare import Variant
-from hvd_stgnn.bench.report import data_summary, fmt_mb, fmt_num, fmt_pct, machine_info, versions
+from hvd_stgnn.bench.report import data_summary, fmt_mb, fmt_num, fmt_pct, header_lines, machine_info, versions
 from hvd_stgnn.bench.scaling import (
     Settings, batch_at_one_rank, global_batch_for, job_command, launch_prefix, median_jobs, plan_jobs,
 )
@@ -244,19 +244,9 @@ def report(rows: list[dict], job_rows: list[dict], settings: Settings, nps: list
                   + f"; {srun_version or _srun_version()}")
     else:
         launch = "`jobs/local.sh -np NP` (mpirun on this machine; OMP_NUM_THREADS = threads per rank)"
-    lines = [
-        f"# {settings.mode.capitalize()} scaling: `hvd-stgnn bench scaling`",
-        "",
-        f"- date: {date}",
-        f"- command: `{invoked or command}`",
-    ]
-    if invoked and invoked != command:
-        lines.append(f"- with every setting explicit: `{command}`")
+    lines = header_lines(f"{settings.mode.capitalize()} scaling: `hvd-stgnn bench scaling`", date=date,
+                         command=command, invoked=invoked, machine=machine, vers=vers)
     lines += [
-        f"- machine: host `{machine['host']}`, {machine['cores']} cores (`nproc`), {machine['cpu']}, "
-        f"{machine['ram_bytes'] / 2**30:.1f} GiB RAM",
-        f"- versions: Python {vers['python']}, torch {vers['torch']}, Horovod {vers['horovod']}, "
-        f"mpi4py {vers['mpi4py']}, {vers['mpirun']}",
         f"- launcher: {launch}",
         f"- data: {source + ', ' if source else ''}{data_summary(settings.data)}",
         f"- {batch_text}",

@@ -129,15 +129,28 @@ def _saved_bytes(model, x, teacher) -> int:
     """Activation bytes of one training step: what the forward keeps for the backward pass,
     plus, with checkpointing, the largest region's recomputation (measured on a plain run
     of the same model: the same regions, each counted on its own)."""
-    if not getattr(model, "checkpointing", False):
-        return count_saved(model, x, teacher).stored_bytes
     stored = count_saved(model, x, teacher).stored_bytes
+    return stored + recompute_bytes(model, x, teacher) if getattr(model, "checkpointing", False) else stored
+
+
+def recompute_bytes(model, x, teacher) -> int:
+    """The largest checkpointed region's saved bytes, what one recomputation re-creates in the
+    backward pass: counted on a plain forward + backward of `model` (checkpointing on again after)."""
     model.checkpointing = False
     try:
-        recompute = count_saved(model, x, teacher).max_region_bytes
+        return count_saved(model, x, teacher).max_region_bytes
     finally:
         model.checkpointing = True
-    return stored + recompute
+
+
+def training_step(net, opt, x, y, teacher) -> None:
+    """One step as the trainer takes it (zero_grad, forward, MAE loss, backward, optimizer step);
+    the prediction and loss die when it returns, before the next forward."""
+    opt.zero_grad()
+    pred = net(x, teacher)
+    loss = (pred - y).abs().mean()
+    loss.backward()
+    opt.step()
 
 
 @functools.lru_cache(maxsize=64)
@@ -258,12 +271,7 @@ def measure_step_peak(model: str, num_nodes: int, batch_size: int, steps: int = 
     peaks, seconds = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        opt.zero_grad()
-        pred = net(x, teacher)
-        loss = (pred - y).abs().mean()
-        loss.backward()
-        opt.step()
-        del pred, loss
+        training_step(net, opt, x, y, teacher)
         seconds.append(time.perf_counter() - t0)
         peaks.append(_status_bytes("VmHWM") - base)
     # Probed after the steps: memory the probe freed and the allocator kept would be reused.
