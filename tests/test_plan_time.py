@@ -1,19 +1,23 @@
-"""`hvd-stgnn plan --time` (plan/timing.py): the arithmetic, and the prediction against real
-jobs on this machine: step time and end to end within 20% at np = 1, 2 and 4 (one thread
-each, 4 ranks oversubscribing the 2 cores, which the model's contention term accounts for)."""
+"""`hvd-stgnn plan --time` (plan/timing.py, plan/calibration.py): the arithmetic, and the
+prediction against real jobs on this machine: step time and end to end within 20% at np = 1
+and 2; at np = 4 (one thread each, oversubscribing the 2 cores) within the contention
+model's bounds, 2x to 4x the one-rank step. Not within 20% there: identical 4-rank jobs
+here measure 2.0x to 4.3x from run to run and epoch to epoch (docs/SCALING.md)."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
 from helpers import LOCAL_LAUNCHER, REPO, our_error_lines, run_cli, subprocess_env
 from hvd_stgnn.plan.estimate import PlanInputs
-from hvd_stgnn.plan.timing import Rates, contention, gradient_messages, predict, ring_allreduce_s
+from hvd_stgnn.plan.timing import Rates, contention, gradient_messages, oversubscribed, predict, ring_allreduce_s
 from hvd_stgnn.results import Results
 
 RATES = Rates(step_ms=50.0, forward_ms=20.0, batch_ms=1.0, threads=1, cores=2, startup_s=8.0,
@@ -32,8 +36,14 @@ def test_ring_allreduce_and_messages():
 def test_contention_counts_threads_on_shared_cores():
     assert contention(2, 1, 2) == 1.0 and contention(4, 1, 2) == 2.0 and contention(2, 2, 2) == 2.0
     assert contention(2, 1, 2, backend="horovod") == 1.0  # fits the cores: nobody waits spinning
-    assert contention(4, 1, 2, backend="horovod") == 4.0  # + each rank's spinning background thread
+    assert contention(4, 1, 2, backend="horovod") == 3.0  # + part of a share per rank: spinning waits
     assert contention(8, 4, 2, device="cuda") == 1.0
+    measured = {"horovod:4": 2.5}
+    assert contention(4, 1, 2, backend="horovod", measured=measured) == 2.5  # a measurement wins
+    assert contention(4, 1, 2, backend="ddp", measured=measured) == 2.0  # ...for its own backend
+    assert contention(8, 1, 2, backend="horovod", measured=measured) == 6.0  # ...and rank count
+    assert contention(2, 1, 2, backend="horovod", measured={"horovod:2": 2.5}) == 1.0  # no sharing: none
+    assert oversubscribed(3, 1, 2) and not oversubscribed(2, 1, 2) and not oversubscribed(8, 1, 2, "cuda")
 
 
 def test_predict_terms():
@@ -46,8 +56,11 @@ def test_predict_terms():
     assert one.steps_per_epoch == train // 10 and two.steps_per_epoch == (train // 2) // 10
     assert one.step_s == pytest.approx(0.051) and one.step_allreduce_s == 0.0
     assert two.step_allreduce_s == pytest.approx(ring_allreduce_s(4000, 2, 10e-6, 1e9)) and two.contention == 1.0
-    assert four.contention == 4.0 and four.step_compute_s == pytest.approx(4 * 0.051)  # horovod, oversubscribed
-    assert four.startup_s == 2 * RATES.startup_s  # start-up is CPU-bound too
+    assert four.contention == 3.0 and four.step_compute_s == pytest.approx(3 * 0.051)  # horovod, oversubscribed
+    assert four.startup_s == 3 * RATES.startup_s  # start-up is CPU-bound too
+    measured = predict(inputs, 1000, 10, 4, 4, 2, replace(RATES, measured_contention={"horovod:4": 2.5}),
+                       parameters=1000)
+    assert measured.contention == 2.5 and measured.startup_s == 2.5 * RATES.startup_s
     assert one.total_s == pytest.approx(one.startup_s + one.load_s + one.prepare_s + 2 * one.epoch_s + one.test_s)
     assert one.load_s == pytest.approx(1000 * 10 * 4 / 1e9)
     materialized = predict(PlanInputs(model="tgcn", batch_size=10, baselines=False, data_mode="materialized"),
@@ -78,19 +91,22 @@ def test_plan_time_cli_prints_rates_and_refuses_what_does_not_fit():
 
 # --- against real jobs ----------------------------------------------------------------------------
 
-FLAGS = ["--model", "tgcn", "--hidden", "16", "--batch-size", "32", "--epochs", "1", "--max-steps-per-epoch", "30",
-         "--eval-windows", "64", "--no-baselines"]
+FLAGS = ["--model", "tgcn", "--hidden", "16", "--batch-size", "32", "--max-steps-per-epoch", "30", "--eval-windows", "64",
+         "--no-baselines"]
+EPOCHS = 3  # the calibration jobs run 2 (plan/calibration.py): the prediction extrapolates
+REPEATS = 3  # each job, and each calibration job; the medians are compared
 
 
-def _job(data, np_: int, out) -> tuple[float, Results]:
+def _job(data, np_: int, out) -> tuple[float, float]:
+    """One real job: (its wall clock s, its median phase step ms)."""
     cmd = ["bash", str(LOCAL_LAUNCHER), "-np", str(np_), sys.executable, "-m", "hvd_stgnn", "train", "--data",
-           str(data), *FLAGS, "--threads", "1", "--results", str(out)]
+           str(data), *FLAGS, "--epochs", str(EPOCHS), "--threads", "1", "--results", str(out)]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**subprocess_env(), "OMP_NUM_THREADS": "1"},
                        cwd=REPO)
     wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout + r.stderr
-    return wall, Results.read(out)
+    return wall, Results.read(out).last_phases.median("step_ms")
 
 
 @pytest.mark.mpi
@@ -100,11 +116,10 @@ def test_prediction_within_20_percent_of_real_jobs(tmp_path):
 
     data = tmp_path / "d.h5"
     write_dataset(data, generate(100, 3000, seed=4))
-    # A shared 2-core machine: one calibration or job slowed by a neighbour measures the
-    # neighbour, not the model. A round that misses is repeated once, calibration included;
-    # the second round's verdict stands. np = 4 (4 ranks x 1 thread on 2 cores) is not asserted:
-    # on 2026-12-02 its step measured 69-93 ms against 112-122 predicted (the contention model's
-    # 4x the one-rank step; an earlier day matched it, 88 vs 88 ms), an open problem (issue 15).
+    # A shared 2-core machine: one run slowed by a neighbour measures the neighbour, not the
+    # model (identical np = 1 runs here differ by up to 25%). So the calibration runs its jobs
+    # REPEATS times, each validated job runs REPEATS times, and the medians are compared; a
+    # round that still misses is repeated once, and its verdict stands.
     reports = []
     for attempt in range(2):
         misses, report = _round(data, tmp_path / f"round{attempt}")
@@ -116,19 +131,29 @@ def test_prediction_within_20_percent_of_real_jobs(tmp_path):
 
 def _round(data, tmp_path):
     tmp_path.mkdir()
-    r = run_cli("plan", "--time", "--data", str(data), "--np", "1,2,4", "--threads", "1", "--cores", "2",
-                *[f for f in FLAGS if f != "--no-baselines"], "--no-baselines", "--backends", "horovod",
-                "--calibrate", "--calibrate-dir", str(tmp_path / "cal"), "--json", timeout=600)
+    r = run_cli("plan", "--time", "--data", str(data), "--np", "1,2,4", "--threads", "1", "--cores", "2", *FLAGS,
+                "--epochs", str(EPOCHS), "--backends", "horovod", "--calibrate", "--calibrate-repeats", str(REPEATS),
+                "--calibrate-dir", str(tmp_path / "cal"), "--json", timeout=900)
     assert r.returncode == 0, r.stderr
-    predicted = {row["world_size"]: row for row in json.loads(r.stdout)["rows"] if row["data_mode"] == "index"}
+    plan = json.loads(r.stdout)
+    assert "horovod:4" in plan["rates"]["measured_contention"]  # 4 ranks on 2 cores: measured, not modelled
+    predicted = {row["world_size"]: row for row in plan["rows"] if row["data_mode"] == "index"}
+    runs = {np_: [] for np_ in (1, 2, 4)}
+    for i in range(REPEATS):  # interleaved, so that a slow spell does not land on one rank count
+        for np_ in runs:
+            runs[np_].append(_job(data, np_, tmp_path / f"np{np_}-{i}.json"))
     misses, lines = 0, []
-    for np_ in (1, 2):
-        wall, res = _job(data, np_, tmp_path / f"np{np_}.json")
-        step_ms = res.last_phases.median("step_ms")
+    one_rank_ms = 1e3 * predicted[1]["step_s"]
+    for np_, measured in runs.items():
+        wall, step_ms = statistics.median(w for w, _ in measured), statistics.median(s for _, s in measured)
         pred = predicted[np_]
-        line = (f"np={np_}: step predicted {1e3 * pred['step_s']:.1f} ms, measured {step_ms:.1f} ms; end to end "
-                f"predicted {pred['total_s']:.1f} s, measured {wall:.1f} s")
+        line = (f"np={np_}: step predicted {1e3 * pred['step_s']:.1f} ms, measured {step_ms:.1f} ms "
+                f"({step_ms / one_rank_ms:.2f}x the one-rank step); end to end predicted {pred['total_s']:.1f} s, "
+                f"measured {wall:.1f} s (medians of {REPEATS})")
         print(line)
         lines.append(line)
-        misses += abs(1e3 * pred["step_s"] - step_ms) > 0.2 * step_ms or abs(pred["total_s"] - wall) > 0.2 * wall
+        if np_ <= 2:
+            misses += abs(1e3 * pred["step_s"] - step_ms) > 0.2 * step_ms or abs(pred["total_s"] - wall) > 0.2 * wall
+        else:  # fair shares of the cores (c = 2) up to a full spinning share per rank (c = 4), 20% either side
+            misses += not 0.8 * 2 * one_rank_ms <= step_ms <= 1.2 * 4 * one_rank_ms
     return misses, "; ".join(lines)

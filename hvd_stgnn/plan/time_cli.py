@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import replace
 
 from hvd_stgnn.errors import ConfigError, DataError
 from hvd_stgnn.plan.estimate import GiB, PlanInputs, estimate, fmt_bytes, meminfo
-from hvd_stgnn.plan.timing import Rates, allreduce_fit, calibrate, measure_rates, predict
+from hvd_stgnn.plan.calibration import allreduce_fit, calibrate, measure_rates
+from hvd_stgnn.plan.timing import Rates, contention, oversubscribed, predict
 
 BACKENDS = ("horovod", "ddp")
 DATA_MODES = ("index", "materialized")
@@ -48,7 +50,10 @@ def add_time_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--beta-gbs", type=float, default=None, help="allreduce bandwidth, GB/s")
     t.add_argument("--calibrate", action="store_true",
                    help="measure one rank here with a real short np=1 training job (its step, batch, evaluation and "
-                        "start-up times) instead of the model alone")
+                        "start-up times) instead of the model alone, and, for rank counts that oversubscribe this "
+                        "node's cores, their contention with a real np=R job each")
+    t.add_argument("--calibrate-repeats", type=int, default=1, metavar="K",
+                   help="run every calibration job K times, interleaved, and take the medians (default: 1)")
     t.add_argument("--calibrate-dir", default="", help="where the calibration job writes (default: a temp dir)")
     t.add_argument("--compile", action="store_true", help="measure the step with torch.compile (as train --compile)")
 
@@ -74,7 +79,8 @@ def _rates(args: argparse.Namespace, inputs: PlanInputs, N: int, cores: int) -> 
 
 def _check(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--batch-size", args.batch_size), ("--hidden", args.hidden), ("--epochs", args.epochs),
-                        ("--threads", args.threads), ("--layers", args.layers)):
+                        ("--threads", args.threads), ("--layers", args.layers),
+                        ("--calibrate-repeats", args.calibrate_repeats)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1 (got {value})")
     for flag, value in (("--step-ms", args.step_ms), ("--forward-ms", args.forward_ms), ("--batch-ms", args.batch_ms),
@@ -112,7 +118,10 @@ def cmd_plan_time(args: argparse.Namespace) -> int:
                                 base.diffusion_steps, base.adaptive_adjacency)
     rates = _rates(args, base, N, cores)
     if args.calibrate:
-        rates = calibrate(_data_file(args), base, rates, T, N, args.calibrate_dir or _tempdir(), params, backends[0])
+        per_node = sorted({min(P, rpn or P) for P in args.np})
+        shared = tuple(R for R in per_node if oversubscribed(R, args.threads, cores, args.device))
+        rates = calibrate(_data_file(args), base, rates, T, N, args.calibrate_dir or _tempdir(), params, backends[0],
+                          args.calibrate_repeats, shared, say=_progress)
     node_memory = int(args.node_memory_gb * GiB) if args.node_memory_gb else meminfo("MemTotal")
     device_memory = int(args.device_memory_gb * GiB) if args.device_memory_gb else None
     fusion = int(args.fusion_threshold_mb * (1 << 20)) if args.fusion_threshold_mb >= 0 else None
@@ -145,9 +154,15 @@ def cmd_plan_time(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(line: str) -> None:
+    import sys
+
+    print(f"hvd-stgnn plan: {line}", file=sys.stderr, flush=True)
+
+
 def _data_file(args: argparse.Namespace) -> str:
-    if args.data:
-        return args.data
+    if args.data:  # absolute: the calibration jobs run from the repository root
+        return os.path.abspath(args.data)
     from pathlib import Path
 
     from hvd_stgnn.bench.load import dataset_for
@@ -199,5 +214,14 @@ def render_time(name, T, N, params, inputs: PlanInputs, epochs, rates: Rates, ro
     for key, unit in units.items():
         value = getattr(rates, key)
         lines.append(f"  {key:<26} {value:>12.4g} {unit:<9} {rates.sources.get(key, 'default')}")
+    per_node = sorted({r["ranks_per_node"] for r in rows})
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        for R in per_node:
+            if oversubscribed(R, rates.threads, rates.cores, rates.device):
+                key = f"{backend}:{R}"
+                where = rates.sources.get("contention", "") if key in rates.measured_contention else (
+                    "the model R (threads + s) / cores (--calibrate measures it)")
+                c = contention(R, rates.threads, rates.cores, rates.device, backend, rates.measured_contention)
+                lines.append(f"  {'contention ' + key:<26} {c:>12.4g} {'x':<9} {where}")
     lines.append("(model and its assumptions: hvd_stgnn/plan/timing.py; docs/SCALING.md)")
     return "\n".join(lines)

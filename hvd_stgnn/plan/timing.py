@@ -3,9 +3,13 @@
 A job of P ranks on K nodes (R = P / K per node), B windows per rank and step:
 
     contention     c = 1 while R x threads <= cores (and on GPUs: one rank per GPU), else
-                   c = R x (threads + s) / cores: ranks time-share the cores, and with Horovod
-                   (s = 1) a waiting rank's background thread and MPI progress loop spin and
-                   take their share too; DDP's gloo waits block (s = 0)
+                   measured (`--calibrate`: a real short job at R ranks, c = its step less the
+                   allreduce over the one-rank step), else the model c = R x (threads + s) / cores:
+                   ranks time-share the cores, and with Horovod (s = 0.5) a waiting rank's
+                   background thread and MPI progress loop spin and take part of a share;
+                   DDP's gloo waits block (s = 0). The same T-GCN job, 4 ranks on 2 cores,
+                   measured 3.7x the one-rank step on one day and 2.6x on another: on shared
+                   cores, measure it.
     allreduce(n)   m x 2 (P-1) alpha + 2 (P-1)/P x n / beta    ring allreduce of n bytes sent as
                    m messages (Horovod's fusion buffers / DDP's buckets); 0 when P = 1
     step           c x (batch + compute) + allreduce(4 x parameters)
@@ -14,8 +18,11 @@ A job of P ranks on K nodes (R = P / K per node), B windows per rank and step:
                    per step besides the step's phases (metric sums, bookkeeping)
                    steps = floor(training windows per rank / B) (every rank the same count)
                    validation = ceil(val windows per rank / B) x c x (batch + forward)
-    start-up       startup x max(1, R / cores)           launch, imports, MPI/Horovod init,
+    start-up       startup x (c if R > cores else 1)     launch, imports, MPI/Horovod init,
                                                          the memory plan: a fixed cost, CPU-bound
+                                                         (mostly one thread a rank), so it
+                                                         contends like the steps once ranks
+                                                         outnumber cores
     load           T x N x 4 / read  (+ T x N x 4 / bcast to the other node leaders, K > 1)
     prepare        the z-score and data-health sums over the rank's share of the training span
                    (c x bytes / stats); materialized: every window of every split on every
@@ -24,8 +31,8 @@ A job of P ranks on K nodes (R = P / K per node), B windows per rank and step:
                    (one more batch gather each, + the slot sums over the rank's share)
     end to end     start-up + load + prepare + epochs x epoch + test
 
-`Rates` are what one rank does alone: measured on this machine (`measure_rates`, and
-`calibrate_startup` with a real minimal job) or given from the user's own cluster
+`Rates` are what one rank does alone: measured on this machine (plan/calibration.py:
+`measure_rates`, and `calibrate` with real short jobs) or given from the user's own cluster
 (`bench models --device cuda`, `bench allreduce` under srun, `bench load`). Every rate
 carries where it came from, and the report prints them all.
 """
@@ -33,7 +40,6 @@ carries where it came from, and the report prints them all.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field, replace
 
 from hvd_stgnn.batching.shards import balanced_range, shard_range
@@ -78,6 +84,8 @@ class Rates:
     alpha_s: float = DEFAULT_ALPHA_S
     beta_bytes_per_s: float = DEFAULT_BETA_BYTES_PER_S
     device: str = "cpu"
+    # Measured contention factors (`calibrate`), keyed "backend:R" (R ranks on a node's cores).
+    measured_contention: dict = field(default_factory=dict)
     sources: dict = field(default_factory=lambda: dict(DEFAULT_SOURCES))
 
     def with_given(self, **given) -> "Rates":
@@ -127,14 +135,30 @@ def gradient_messages(grad_bytes: int, backend: str, fusion_bytes: int | None = 
     return max(1, math.ceil(grad_bytes / size))
 
 
-SPINNING_THREADS = {"horovod": 1, "ddp": 0}  # per rank, competing for cores while it waits
+# Per rank, the share of a core its waiting threads take. Horovod: between the two days that
+# measured the same job (module docstring), s = 0.85 and 0.3; DDP (gloo blocks): assumed 0.
+SPINNING_THREADS = {"horovod": 0.5, "ddp": 0.0}
 
 
-def contention(ranks_per_node: int, threads: int, cores: int, device: str = "cpu", backend: str = "ddp") -> float:
-    """How much slower CPU work runs when the node's ranks share its cores (module docstring)."""
-    if device == "cuda" or ranks_per_node * threads <= cores:
+def oversubscribed(ranks_per_node: int, threads: int, cores: int, device: str = "cpu") -> bool:
+    """Whether a node's ranks share its cores (CPU training, more threads than cores)."""
+    return device != "cuda" and ranks_per_node * threads > cores
+
+
+def contention_key(backend: str, ranks_per_node: int) -> str:
+    return f"{backend}:{ranks_per_node}"
+
+
+def contention(ranks_per_node: int, threads: int, cores: int, device: str = "cpu", backend: str = "ddp",
+               measured: dict | None = None) -> float:
+    """How much slower CPU work runs when the node's ranks share its cores (module docstring);
+    `measured`: Rates.measured_contention, which wins over the model where it has the case."""
+    if not oversubscribed(ranks_per_node, threads, cores, device):
         return 1.0
-    return ranks_per_node * (threads + SPINNING_THREADS.get(backend, 0)) / cores
+    key = contention_key(backend, ranks_per_node)
+    if measured and key in measured:
+        return float(measured[key])
+    return ranks_per_node * (threads + SPINNING_THREADS.get(backend, 0.0)) / cores
 
 
 def predict(inputs: PlanInputs, num_steps: int, num_nodes: int, world_size: int, ranks_per_node: int, epochs: int,
@@ -148,7 +172,7 @@ def predict(inputs: PlanInputs, num_steps: int, num_nodes: int, world_size: int,
     steps = per_rank // B
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
-    c = contention(ranks_per_node, rates.threads, rates.cores, rates.device, backend)
+    c = contention(ranks_per_node, rates.threads, rates.cores, rates.device, backend, rates.measured_contention)
     nodes = -(-P // ranks_per_node)
 
     grad_bytes = parameters * FLOAT
@@ -177,7 +201,7 @@ def predict(inputs: PlanInputs, num_steps: int, num_nodes: int, world_size: int,
     test = eval_s(split.test, extra_batch=inputs.baselines)
     if inputs.baselines:
         test += c * share / rates.stats_bytes_per_s  # the historical average's slot sums
-    startup = rates.startup_s * (1.0 if rates.device == "cuda" else max(1.0, ranks_per_node / rates.cores))
+    startup = rates.startup_s * (c if rates.device != "cuda" and ranks_per_node > rates.cores else 1.0)
     total = startup + load + prepare + epochs * epoch + test
     return TimePlan(
         backend=backend, data_mode=inputs.data_mode, world_size=P, ranks_per_node=ranks_per_node, contention=c,
@@ -185,131 +209,3 @@ def predict(inputs: PlanInputs, num_steps: int, num_nodes: int, world_size: int,
         validation_s=validation, epoch_s=epoch, epochs=epochs, startup_s=startup, load_s=load, prepare_s=prepare,
         test_s=test, total_s=total, samples_per_s=P * B / step if step > 0 else 0.0,
     )
-
-
-# --- measuring the rates here ----------------------------------------------------------------
-
-
-def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    import statistics
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def measure_rates(inputs: PlanInputs, num_nodes: int, threads: int, cores: int, steps: int = 5,
-                  compile_model: bool = False) -> Rates:
-    """One rank's step (`bench models`' measurement), forward and batch times for `inputs` at
-    N = `num_nodes` on this machine's CPU with `threads` threads (the synthetic road graph,
-    random inputs), and the rates of the preprocessing passes."""
-    import numpy as np
-    import torch
-
-    from hvd_stgnn.batching.gather import WindowGather
-    from hvd_stgnn.batching.normalize import input_moment_sums
-    from hvd_stgnn.bench.models import build_variants, time_variants
-    from hvd_stgnn.data.health import health_sums
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        L, H, B, N = inputs.input_steps, inputs.horizon, inputs.batch_size, num_nodes
-        (variant,) = build_variants(inputs.model, N, B, L, H, inputs.hidden, inputs.layers, inputs.graph_mode,
-                                    compile="on" if compile_model else "off")
-        step_ms = time_variants([variant], B, N, L, H, steps)[0]["step_ms"]
-        model, x = variant.model, torch.randn(B, L, N, 2)
-
-        def forward() -> None:
-            with torch.no_grad():
-                model.eval()
-                model(x)
-                model.train()
-
-        forward_ms = _median_ms(forward, steps)
-        T = max(4 * (L + H) * 8, 2048)
-        rng = np.random.default_rng(0)
-        series = rng.uniform(10, 70, size=(T, N)).astype(np.float32)
-        gather = WindowGather(torch.from_numpy(series), 1_704_067_200 + 300 * np.arange(T), L, H, 50.0, 10.0)
-        starts = torch.from_numpy(rng.integers(0, T - L - H + 1, size=B))
-        batch_ms = _median_ms(lambda: gather(starts), max(steps, 10))
-        build = torch.arange(0, min(256, T - L - H))  # MaterializedSource builds 256 windows a call
-        build_ms = _median_ms(lambda: gather(build), 3, warmup=1)
-        full = StartRange(0, T - L + 1)
-        stats_ms = _median_ms(lambda: (input_moment_sums(series, full, L), health_sums(series, 0, T)), 3, warmup=1)
-    finally:
-        torch.set_num_threads(previous)
-    here = f"measured here ({threads} thread(s), N={N}, B={B}; the step: bench models)"
-    return Rates(
-        step_ms=step_ms, forward_ms=forward_ms, batch_ms=batch_ms, threads=threads, cores=cores,
-        stats_bytes_per_s=2 * series.nbytes / (stats_ms / 1e3),
-        materialize_windows_per_s=len(build) / (build_ms / 1e3),
-        sources={**DEFAULT_SOURCES, "step_ms": here, "forward_ms": here, "batch_ms": here, "stats_bytes_per_s": here,
-                 "materialize_windows_per_s": here, "threads": "given", "cores": "this machine (nproc)"},
-    )
-
-
-def allreduce_fit(path: str, backend: str) -> tuple[float, float]:
-    """(alpha_s, beta_bytes_per_s) of `backend` from `hvd-stgnn bench allreduce`'s allreduce.json."""
-    import json
-
-    from hvd_stgnn.errors import ConfigError
-
-    try:
-        with open(path) as f:
-            fit = json.load(f)["fits"][backend]
-        return float(fit["alpha_s"]), float(fit["beta_bytes_per_s"])
-    except FileNotFoundError:
-        raise ConfigError(f"--allreduce {path}: no such file") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--allreduce {path}: no {backend} fit in it (expected bench allreduce's allreduce.json: "
-                          f"{type(exc).__name__}: {exc})") from None
-
-
-CALIBRATION_STEPS = 30
-
-
-def calibrate(data, inputs: PlanInputs, rates: Rates, num_steps: int, num_nodes: int, out_dir,
-              parameters: int, backend: str = "horovod") -> Rates:
-    """Measure one rank here with a real short job (`jobs/local.sh -np 1 hvd-stgnn train`,
-    CALIBRATION_STEPS steps, one validation pass over 4 batches, no baselines) and take its
-    step, batch and evaluation times from what the trainer recorded (results.json: the phase
-    times include the backend's per-step work, the loop's bookkeeping), and the job's fixed
-    cost: its wall clock less the predicted load, preparation, steps and evaluation."""
-    from pathlib import Path
-
-    from hvd_stgnn.bench.jobs import LAUNCHER, job_environment, run_job, train_executable
-    from hvd_stgnn.results import Results
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    B, windows = inputs.batch_size, 4 * inputs.batch_size
-    results = out_dir / "calibration.json"
-    cmd = ["bash", str(LAUNCHER), "-np", "1", *train_executable(), "train", "--data", str(data),
-           "--model", inputs.model, "--hidden", str(inputs.hidden), "--layers", str(inputs.layers),
-           "--graph-mode", inputs.graph_mode, "--batch-size", str(B), "--epochs", "1",
-           "--max-steps-per-epoch", str(CALIBRATION_STEPS), "--eval-windows", str(windows), "--no-baselines",
-           "--threads", str(rates.threads), "--data-mode", "index", "--device", rates.device, "--backend", backend,
-           "--results", str(results)]
-    wall = run_job(cmd, job_environment(rates.threads), "calibration (np=1)", out_dir / "calibration.log")
-    res = Results.read(results)
-    phases, steps = res.last_phases, res.last_phases.steps
-    batch_ms, phase_ms = phases.median("batch_ms"), phases.median("step_ms")
-    loop_ms = 1e3 * res.timing.train_loop_seconds / steps  # the phases + the loop's own work per step
-    validation_s = res.epochs[-1].seconds - res.timing.train_loop_seconds
-    forward_ms = max(0.0, 1e3 * validation_s / -(-windows // B) - batch_ms)
-    here = f"measured here: a real np=1 {backend} job of {steps} steps ({out_dir / 'calibration.log'})"
-    rates = replace(rates, step_ms=phase_ms - batch_ms, batch_ms=batch_ms, forward_ms=forward_ms,
-                    loop_ms=max(0.0, loop_ms - phase_ms), startup_s=0.0,
-                    sources={**rates.sources, "step_ms": here, "batch_ms": here, "forward_ms": here, "loop_ms": here})
-    minimal = replace(inputs, data_mode="index", baselines=False)
-    work = predict(minimal, num_steps, num_nodes, 1, 1, 1, rates, parameters, backend, eval_windows=windows,
-                   max_steps_per_epoch=CALIBRATION_STEPS)
-    startup = max(0.0, wall - work.total_s)
-    return replace(rates, startup_s=startup, sources={**rates.sources, "startup_s": (
-        f"measured here: the np=1 job took {wall:.1f} s, less {work.total_s:.1f} s of predicted work")})
