@@ -68,6 +68,30 @@ def test_compiled_model_matches_eager_forward_and_backward(name, mode):
     assert not counters["graph_break"], dict(counters["graph_break"])  # the sparse products included
 
 
+@pytest.mark.slow
+def test_thin_products_are_decomposed_and_still_match_eager():
+    """DCRNN at hidden 2 (the PGT-I paper's size): its (N B x 4) @ (4 x 20) products become
+    multiply-and-sum loops under compile on the CPU (models/compile.py), same numbers."""
+    from torch._dynamo.utils import counters
+
+    data = generate(N, 10, seed=5)
+
+    def dcrnn():
+        torch.manual_seed(0)
+        return build_model("dcrnn", ModelInputs(torch.from_numpy(data.edge_index), torch.from_numpy(data.edge_weight),
+                                                N, in_features=2, input_steps=L, horizon=H, hidden=2, layers=1))
+
+    counters.clear()
+    eager, compiled = dcrnn(), compile_model(dcrnn())
+    x, y = _batch()
+    out_e, grads_e = _loss_and_grads(eager, x, y)
+    out_c, grads_c = _loss_and_grads(compiled, x, y)
+    assert counters["inductor"]["decompose_addmm"] > 0
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
+    for n, g in grads_e.items():
+        torch.testing.assert_close(grads_c[n], g, rtol=1e-4, atol=1e-6, msg=f"grad of {n}")
+
+
 @pytest.mark.parametrize("mode", ["sparse", "dense"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_bf16_autocast_runs_on_the_cpu_close_to_fp32(name, mode):
