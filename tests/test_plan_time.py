@@ -81,6 +81,10 @@ def test_plan_time_cli_prints_rates_and_refuses_what_does_not_fit():
     out = r.stdout
     assert "ddp      index" in out and "does not fit" in out  # materialized PeMS: not on a node
     assert "step_ms" in out and "given" in out and "ASSUMED" in out
+    r = run_cli("plan", "--time", "--preset", "tiny", "--np", "1,4", "--cores", "2", "--step-ms", "10", "--forward-ms",
+                "3", "--batch-ms", "1", "--backends", "horovod")
+    assert r.returncode == 0, r.stderr
+    assert "contention horovod:4" in r.stdout and "3 x         the model R (threads + s) / cores" in r.stdout
     r = run_cli("plan", "--time", "--preset", "tiny", "--device", "cuda")
     assert r.returncode == 2 and our_error_lines(r.stderr) == [
         "hvd-stgnn plan: error: --time --device cuda: give --step-ms, --forward-ms and --batch-ms (measure them on "

@@ -25,6 +25,7 @@ from hvd_stgnn.plan.calibration import allreduce_fit, calibrate, measure_rates
 from hvd_stgnn.plan.timing import Rates, contention, oversubscribed, predict
 
 BACKENDS = ("horovod", "ddp")
+MAX_CALIBRATION_RANKS_PER_CORE = 4  # --calibrate runs no np = R job with more ranks than this per core
 DATA_MODES = ("index", "materialized")
 
 
@@ -118,8 +119,12 @@ def cmd_plan_time(args: argparse.Namespace) -> int:
                                 base.diffusion_steps, base.adaptive_adjacency)
     rates = _rates(args, base, N, cores)
     if args.calibrate:
+        # Contention is measured for the rank counts that oversubscribe THIS machine, when it is
+        # the node planned for (--cores not another's), up to a few ranks a core; beyond, the model.
         per_node = sorted({min(P, rpn or P) for P in args.np})
-        shared = tuple(R for R in per_node if oversubscribed(R, args.threads, cores, args.device))
+        here = cores == available_cores()
+        shared = tuple(R for R in per_node if here and oversubscribed(R, args.threads, cores, args.device)
+                       and R <= MAX_CALIBRATION_RANKS_PER_CORE * cores)
         rates = calibrate(_data_file(args), base, rates, T, N, args.calibrate_dir or _tempdir(), params, backends[0],
                           args.calibrate_repeats, shared, say=_progress)
     node_memory = int(args.node_memory_gb * GiB) if args.node_memory_gb else meminfo("MemTotal")
@@ -220,7 +225,8 @@ def render_time(name, T, N, params, inputs: PlanInputs, epochs, rates: Rates, ro
             if oversubscribed(R, rates.threads, rates.cores, rates.device):
                 key = f"{backend}:{R}"
                 where = rates.sources.get("contention", "") if key in rates.measured_contention else (
-                    "the model R (threads + s) / cores (--calibrate measures it)")
+                    f"the model R (threads + s) / cores (--calibrate measures it on this machine, up to "
+                    f"{MAX_CALIBRATION_RANKS_PER_CORE} ranks a core)")
                 c = contention(R, rates.threads, rates.cores, rates.device, backend, rates.measured_contention)
                 lines.append(f"  {'contention ' + key:<26} {c:>12.4g} {'x':<9} {where}")
     lines.append("(model and its assumptions: hvd_stgnn/plan/timing.py; docs/SCALING.md)")
