@@ -9,7 +9,8 @@ which entry they need when it is missing. Unknown keys are ignored (newer files 
     model, world_size, backend       what ran
     launch                           launcher, scheduler, job, nodes, versions (parallel/launcher.py)
     epochs                           [EpochRecord]: epoch, train_mae, val_mae, seconds
-    phase_timings                    [EpochPhases]: per epoch, ms per step of each phase, min/median/max over ranks
+    phase_timings                    [EpochPhases]: per epoch, ms per step of each phase, min/median/max over ranks;
+                                     the epoch's training-loop seconds (validation excluded)
     timing                           Timing: prepare, training loop, samples/s after the warm-up steps
     memory                           Memory: per rank peak RSS / PSS / CUDA peak, node PSS totals
     normalization, data_health, load, batching, config
@@ -64,6 +65,7 @@ class EpochPhases:
     backward_ms: dict | None = None  # backward + waiting for the gradient allreduce
     optimizer_ms: dict | None = None
     step_ms: dict | None = None
+    loop_seconds: float = 0.0  # the epoch's training loop, its steps and the loop's own work (rank 0's)
 
     def median(self, key: str) -> float:
         stats = getattr(self, key)

@@ -1,8 +1,9 @@
 """`hvd-stgnn plan --time` (plan/timing.py, plan/calibration.py): the arithmetic, and the
-prediction against real jobs on this machine: step time and end to end within 20% at np = 1
-and 2; at np = 4 (one thread each, oversubscribing the 2 cores) within the contention
-model's bounds, 2x to 4x the one-rank step. Not within 20% there: identical 4-rank jobs
-here measure 2.0x to 4.3x from run to run and epoch to epoch (docs/SCALING.md)."""
+prediction against real jobs on this machine: step time and end to end within 20% at np = 1,
+2 and 4 where the ranks fit the cores; where they oversubscribe them (4 ranks of one thread
+on the 2-core development machine) within the contention model's bounds, R / cores to
+2 R / cores times the one-rank step. Not within 20% there: identical 4-rank jobs on 2 cores
+measure 2.0x to 4.3x from run to run and epoch to epoch (docs/SCALING.md)."""
 
 from __future__ import annotations
 
@@ -134,13 +135,18 @@ def test_prediction_within_20_percent_of_real_jobs(tmp_path):
 
 
 def _round(data, tmp_path):
+    from hvd_stgnn.bench.jobs import available_cores
+
     tmp_path.mkdir()
-    r = run_cli("plan", "--time", "--data", str(data), "--np", "1,2,4", "--threads", "1", "--cores", "2", *FLAGS,
+    cores = available_cores()
+    shared = {np_ for np_ in (1, 2, 4) if np_ > cores}  # one thread a rank: these oversubscribe the cores
+    r = run_cli("plan", "--time", "--data", str(data), "--np", "1,2,4", "--threads", "1", "--cores", str(cores), *FLAGS,
                 "--epochs", str(EPOCHS), "--backends", "horovod", "--calibrate", "--calibrate-repeats", str(REPEATS),
                 "--calibrate-dir", str(tmp_path / "cal"), "--json", timeout=900)
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
-    assert "horovod:4" in plan["rates"]["measured_contention"]  # 4 ranks on 2 cores: measured, not modelled
+    measured_contention = plan["rates"]["measured_contention"]
+    assert {f"horovod:{np_}" for np_ in shared} == set(measured_contention)  # measured, not modelled
     predicted = {row["world_size"]: row for row in plan["rows"] if row["data_mode"] == "index"}
     runs = {np_: [] for np_ in (1, 2, 4)}
     for i in range(REPEATS):  # interleaved, so that a slow spell does not land on one rank count
@@ -156,8 +162,8 @@ def _round(data, tmp_path):
                 f"measured {wall:.1f} s (medians of {REPEATS})")
         print(line)
         lines.append(line)
-        if np_ <= 2:
+        if np_ not in shared:
             misses += abs(1e3 * pred["step_s"] - step_ms) > 0.2 * step_ms or abs(pred["total_s"] - wall) > 0.2 * wall
-        else:  # fair shares of the cores (c = 2) up to a full spinning share per rank (c = 4), 20% either side
-            misses += not 0.8 * 2 * one_rank_ms <= step_ms <= 1.2 * 4 * one_rank_ms
+        else:  # fair shares of the cores (c = R / cores) up to a full spinning share per rank (2 R / cores), +-20%
+            misses += not 0.8 * np_ / cores * one_rank_ms <= step_ms <= 1.2 * 2 * np_ / cores * one_rank_ms
     return misses, "; ".join(lines)

@@ -104,6 +104,7 @@ def test_step_tracker_leaves_the_warm_up_steps_out_of_throughput():
     tracker.end_epoch()
     phases = tracker.epoch_phases(1, lambda obj: [obj, obj])
     assert phases.epoch == 1 and phases.steps == WARMUP_STEPS + 3 and set(phases.step_ms) == {"min", "median", "max"}
+    assert 0 < phases.loop_seconds == tracker.loop_seconds  # this epoch's loop (plan --calibrate reads it)
     timing = tracker.timing(prepare_seconds=1.5, epoch_seconds=[2.0, 4.0, 9.0])
     assert timing.samples_per_second_excludes_steps == WARMUP_STEPS
     assert timing.prepare_seconds == 1.5 and timing.epoch_seconds_median == 4.0

@@ -39,26 +39,42 @@ RECOMPILE_LIMIT = 32
 # each whatever their few flops. Inductor's decompose_mm_pass rewrites such a product as a
 # multiply-and-sum that fuses into the neighbouring loops; on the CPU it only takes
 # vector-matrix products unless told otherwise. Widened here to any row count with a second
-# matrix of at most THIN_PRODUCT_COLUMNS x THIN_PRODUCT_COLUMNS. Measured (bench models, DCRNN
-# hidden 2, 1 layer, N = 207, B = 64, 1 thread, compiled): 93.6 -> 72.1 ms a step. CPU models
-# only: on CUDA the pass would use its own thresholds, never measured here.
+# matrix of at most THIN_PRODUCT_COLUMNS x THIN_PRODUCT_COLUMNS (mm and addmm; never bmm, which
+# the pass would take at any size on the CPU). Measured (bench models, DCRNN hidden 2, 1 layer,
+# N = 207, B = 64, 1 thread, compiled): 93.6 -> 72.1 ms a step. CPU models only, through the
+# compile's own options: a CUDA model compiled in the same process is not affected.
 THIN_PRODUCT_COLUMNS = 20
+_THRESHOLDS = {"cpu_max_first_dimension_decomposition": 1 << 62,
+               "cpu_max_other_dimension_decomposition": THIN_PRODUCT_COLUMNS}
 
 
-def decompose_thin_products() -> None:
-    """Turn on inductor's decompose_mm_pass for thin CPU products (THIN_PRODUCT_COLUMNS).
-
-    Process-wide inductor state. The pass module reads its thresholds from the config when it
-    is first imported (by the first compilation of the process), so they are set on the
-    module too: the same result whatever compiled before."""
-    from torch._inductor import config
+def thin_product_options() -> dict | None:
+    """torch.compile options that decompose thin CPU products, or None where this torch's
+    pass differs from the one measured (torch 2.13: its thresholds are module globals)."""
     from torch._inductor.fx_passes import decompose_mem_bound_mm as pass_module
 
-    options = {"cpu_max_first_dimension_decomposition": 1 << 62,
-               "cpu_max_other_dimension_decomposition": THIN_PRODUCT_COLUMNS}
-    config.post_grad_fusion_options = {**config.post_grad_fusion_options, "decompose_mm_pass": options}
-    for name, value in options.items():
+    if not all(hasattr(pass_module, name) for name in (*_THRESHOLDS, "should_decompose_bmm")):
+        return None
+    # The pass reads its thresholds when first imported (the first compilation of the
+    # process), so they are set on the module: the same result whatever compiled before.
+    for name, value in _THRESHOLDS.items():
         setattr(pass_module, name, value)
+    if not getattr(pass_module.should_decompose_bmm, "keeps_cpu_bmm", False):
+        pass_module.should_decompose_bmm = _keep_cpu_bmm(pass_module.should_decompose_bmm)
+    return {"post_grad_fusion_options": {"decompose_mm_pass": dict(_THRESHOLDS)}}
+
+
+def _keep_cpu_bmm(should_decompose_bmm):
+    """The pass's bmm test, never true for CPU tensors (its CPU rule is the batch size alone)."""
+
+    def test(mat1, mat2) -> bool:
+        val = getattr(mat1, "meta", {}).get("val")
+        if val is not None and val.device.type == "cpu":
+            return False
+        return should_decompose_bmm(mat1, mat2)
+
+    test.keeps_cpu_bmm = True
+    return test
 
 
 def compile_model(model: nn.Module) -> nn.Module:
@@ -69,18 +85,17 @@ def compile_model(model: nn.Module) -> nn.Module:
     config = torch._dynamo.config
     if getattr(config, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
         config.recompile_limit = RECOMPILE_LIMIT
-    if all(p.device.type == "cpu" for p in model.parameters()):
-        decompose_thin_products()
+    options = thin_product_options() if all(p.device.type == "cpu" for p in model.parameters()) else None
     for name in getattr(model, "compile_targets", ("self",)):
         if name == "self":
-            model.compile(dynamic=False)
+            model.compile(dynamic=False, options=options)
             continue
         target = getattr(model, name)
         for module in target if isinstance(target, nn.ModuleList) else [target]:
             if isinstance(module, nn.Module):
-                module.forward = _grad_uniform(torch.compile(module.forward, dynamic=False))
+                module.forward = _grad_uniform(torch.compile(module.forward, dynamic=False, options=options))
             else:  # a bound method
-                setattr(model, name, _grad_uniform(torch.compile(module, dynamic=False)))
+                setattr(model, name, _grad_uniform(torch.compile(module, dynamic=False, options=options)))
     return model
 
 

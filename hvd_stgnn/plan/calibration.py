@@ -6,7 +6,7 @@
   np = 1 job gives the step, batch, evaluation, loop and start-up times as the trainer
   recorded them; for every rank count of the plan that oversubscribes this node's cores, an
   np = R job gives the contention factor c_R, measured rather than modelled (on shared
-  cores it moved between 2.6x and 3.7x from day to day for the same job). With
+  cores the same job measured 2.0x to 4.3x from run to run one day, 3.7x another). With
   `--calibrate-repeats K` every job runs K times, interleaved (np = 1, np = R, np = 1, ...),
   and each figure is the median: one run on a shared machine can be a neighbour's.
 - `allreduce_fit`: alpha and beta from `bench allreduce`'s allreduce.json.
@@ -23,6 +23,7 @@ from hvd_stgnn.plan.estimate import FLOAT, PlanInputs
 from hvd_stgnn.plan.timing import (
     DEFAULT_SOURCES, Rates, contention_key, gradient_messages, predict, ring_allreduce_s,
 )
+
 
 def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
@@ -110,7 +111,8 @@ CALIBRATION_STEPS = 30
 CALIBRATION_EPOCHS = 2
 
 
-def _calibration_job(data, inputs: PlanInputs, rates: Rates, backend: str, ranks: int, out_dir, tag: str):
+def _calibration_job(data, inputs: PlanInputs, rates: Rates, backend: str, ranks: int, out_dir, tag: str,
+                     compile_model: bool = False):
     """One real job of CALIBRATION_EPOCHS epochs of up to CALIBRATION_STEPS steps, each with a
     validation pass over 4 batches, no baselines: (its wall-clock seconds, its Results)."""
     from hvd_stgnn.bench.jobs import LAUNCHER, job_environment, run_job, train_executable
@@ -120,6 +122,9 @@ def _calibration_job(data, inputs: PlanInputs, rates: Rates, backend: str, ranks
     cmd = ["bash", str(LAUNCHER), "-np", str(ranks), *train_executable(), "train", "--data", str(data),
            "--model", inputs.model, "--hidden", str(inputs.hidden), "--layers", str(inputs.layers),
            "--graph-mode", inputs.graph_mode, "--batch-size", str(inputs.batch_size),
+           "--input-steps", str(inputs.input_steps), "--horizon", str(inputs.horizon),
+           "--diffusion-steps", str(inputs.diffusion_steps), "--compile" if compile_model else "--no-compile",
+           "--day-of-week" if inputs.day_of_week else "--no-day-of-week",
            "--epochs", str(CALIBRATION_EPOCHS),
            "--max-steps-per-epoch", str(CALIBRATION_STEPS), "--eval-windows", str(4 * inputs.batch_size),
            "--no-baselines", "--threads", str(rates.threads), "--data-mode", "index", "--device", rates.device,
@@ -130,28 +135,33 @@ def _calibration_job(data, inputs: PlanInputs, rates: Rates, backend: str, ranks
 
 def _one_rank_figures(wall: float, res, windows: int, batch_size: int) -> dict:
     """What an np = 1 job's results say of one rank in its last epoch (the steady state): its
-    phase step (batch included), batch, loop and forward ms; and its wall clock."""
+    step (batch excluded), batch, forward and loop ms (the loop's own work per step besides
+    the phases), its phase step and its wall clock."""
     phases = res.last_phases
     batch_ms, phase_ms = phases.median("batch_ms"), phases.median("step_ms")
-    # Each epoch's seconds are its training loop and one validation pass (the same in every
-    # epoch), and the loops add up to train_loop_seconds: the last loop and the pass from those.
-    epoch_s = [e.seconds for e in res.epochs]
-    validation_s = max(0.0, (sum(epoch_s) - res.timing.train_loop_seconds) / len(epoch_s))
-    loop_ms = 1e3 * (epoch_s[-1] - validation_s) / phases.steps  # the phases + the loop's own work per step
-    return {"phase_ms": phase_ms, "batch_ms": batch_ms, "loop_ms": loop_ms, "wall": wall,
+    if phases.loop_seconds:  # the epoch's seconds are its training loop, then one validation pass
+        validation_s = max(0.0, res.epochs[-1].seconds - phases.loop_seconds)
+        loop_ms = 1e3 * phases.loop_seconds / phases.steps
+    else:  # results of an older trainer: the epochs' loops only as a sum, so the passes' mean
+        epoch_s = [e.seconds for e in res.epochs]
+        validation_s = max(0.0, (sum(epoch_s) - res.timing.train_loop_seconds) / len(epoch_s))
+        loop_ms = 1e3 * (epoch_s[-1] - validation_s) / phases.steps
+    return {"step_ms": phase_ms - batch_ms, "batch_ms": batch_ms, "phase_ms": phase_ms, "wall": wall,
+            "loop_ms": max(0.0, loop_ms - phase_ms),
             "forward_ms": max(0.0, 1e3 * validation_s / -(-windows // batch_size) - batch_ms)}
 
 
 def calibrate(data, inputs: PlanInputs, rates: Rates, num_steps: int, num_nodes: int, out_dir,
               parameters: int, backend: str = "horovod", repeats: int = 1, oversubscribed: tuple = (),
-              say=None) -> Rates:
+              fusion_bytes: int | None = None, compile_model: bool = False, say=None) -> Rates:
     """`rates` with one rank's step, batch, evaluation, loop and start-up times taken from real
     np = 1 jobs here (the phase times include the backend's per-step work and the loop's
     bookkeeping; start-up is the wall clock less the predicted work, the first epoch's
-    warm-up included), and, for every R in
-    `oversubscribed` (ranks per node beyond this node's cores), the contention factor of R
+    warm-up included), and, for every R in `oversubscribed` (ranks per node beyond this
+    node's cores), the contention factor of R
     ranks: an np = R job's phase step, less the predicted allreduce, over the np = 1 job's.
-    Every job runs `repeats` times, interleaved; each figure is the median."""
+    The allreduce is the one `predict` adds back: `rates`' alpha and beta, `fusion_bytes`.
+    Every job runs `repeats` times, interleaved; each figure is the median over the runs."""
     from pathlib import Path
 
     out_dir = Path(out_dir)
@@ -163,26 +173,27 @@ def calibrate(data, inputs: PlanInputs, rates: Rates, num_steps: int, num_nodes:
         suffix = f"-{i + 1}" if repeats > 1 else ""
         if say:
             say(f"calibration {i + 1}/{repeats}: np=1" + "".join(f", np={R}" for R in oversubscribed))
-        one = _one_rank_figures(*_calibration_job(data, inputs, rates, backend, 1, out_dir, f"calibration{suffix}"),
-                                windows, B)
+        one = _one_rank_figures(*_calibration_job(data, inputs, rates, backend, 1, out_dir, f"calibration{suffix}",
+                                                  compile_model), windows, B)
         ones.append(one)
         for R in oversubscribed:
-            _, res = _calibration_job(data, inputs, rates, backend, R, out_dir, f"calibration-np{R}{suffix}")
+            _, res = _calibration_job(data, inputs, rates, backend, R, out_dir, f"calibration-np{R}{suffix}",
+                                      compile_model)
             allreduce_ms = 1e3 * ring_allreduce_s(grad_bytes, R, rates.alpha_s, rates.beta_bytes_per_s,
-                                                  gradient_messages(grad_bytes, backend))
+                                                  gradient_messages(grad_bytes, backend, fusion_bytes))
             ratios[R].append(max(1.0, (res.last_phases.median("step_ms") - allreduce_ms) / one["phase_ms"]))
     fig = {key: statistics.median(o[key] for o in ones) for key in ones[0]}
     runs = f"{repeats} runs, median" if repeats > 1 else "1 run"
     here = (f"measured here: real np=1 {backend} jobs, the last of {CALIBRATION_EPOCHS} epochs of {CALIBRATION_STEPS} "
             f"steps ({runs}; logs in {out_dir})")
-    rates = replace(rates, step_ms=fig["phase_ms"] - fig["batch_ms"], batch_ms=fig["batch_ms"],
-                    forward_ms=fig["forward_ms"], loop_ms=max(0.0, fig["loop_ms"] - fig["phase_ms"]), startup_s=0.0,
-                    measured_contention={**rates.measured_contention,
-                                         **{contention_key(backend, R): statistics.median(r) for R, r in ratios.items()}},
-                    sources={**rates.sources, "step_ms": here, "batch_ms": here, "forward_ms": here, "loop_ms": here})
+    sources = {**rates.sources, "step_ms": here, "batch_ms": here, "forward_ms": here, "loop_ms": here}
     if ratios:
-        rates.sources["contention"] = (f"measured here: np={'/'.join(map(str, ratios))} {backend} jobs, their step "
-                                       f"less the allreduce over the np=1 job's ({runs})")
+        sources["contention"] = (f"measured here: np={'/'.join(map(str, ratios))} {backend} jobs, their step less "
+                                 f"the allreduce over the np=1 job's ({runs})")
+    measured = {contention_key(backend, R): statistics.median(r) for R, r in ratios.items()}
+    rates = replace(rates, step_ms=fig["step_ms"], batch_ms=fig["batch_ms"], forward_ms=fig["forward_ms"],
+                    loop_ms=fig["loop_ms"], startup_s=0.0, sources=sources,
+                    measured_contention={**rates.measured_contention, **measured})
     minimal = replace(inputs, data_mode="index", baselines=False)
     work = predict(minimal, num_steps, num_nodes, 1, 1, CALIBRATION_EPOCHS, rates, parameters, backend,
                    eval_windows=windows, max_steps_per_epoch=CALIBRATION_STEPS)

@@ -22,7 +22,7 @@ from dataclasses import replace
 from hvd_stgnn.errors import ConfigError, DataError
 from hvd_stgnn.plan.estimate import GiB, PlanInputs, estimate, fmt_bytes, meminfo
 from hvd_stgnn.plan.calibration import allreduce_fit, calibrate, measure_rates
-from hvd_stgnn.plan.timing import Rates, contention, oversubscribed, predict
+from hvd_stgnn.plan.timing import Rates, contention, contention_key, oversubscribed, predict
 
 BACKENDS = ("horovod", "ddp")
 MAX_CALIBRATION_RANKS_PER_CORE = 4  # --calibrate runs no np = R job with more ranks than this per core
@@ -50,12 +50,12 @@ def add_time_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--alpha-us", type=float, default=None, help="allreduce latency per message and ring step, us")
     t.add_argument("--beta-gbs", type=float, default=None, help="allreduce bandwidth, GB/s")
     t.add_argument("--calibrate", action="store_true",
-                   help="measure one rank here with a real short np=1 training job (its step, batch, evaluation and "
+                   help="measure one rank here with real short np=1 training jobs (step, batch, evaluation and "
                         "start-up times) instead of the model alone, and, for rank counts that oversubscribe this "
-                        "node's cores, their contention with a real np=R job each")
+                        "node's cores, their contention with real np=R jobs")
     t.add_argument("--calibrate-repeats", type=int, default=1, metavar="K",
                    help="run every calibration job K times, interleaved, and take the medians (default: 1)")
-    t.add_argument("--calibrate-dir", default="", help="where the calibration job writes (default: a temp dir)")
+    t.add_argument("--calibrate-dir", default="", help="where the calibration jobs write (default: a temp dir)")
     t.add_argument("--compile", action="store_true", help="measure the step with torch.compile (as train --compile)")
 
 
@@ -118,24 +118,23 @@ def cmd_plan_time(args: argparse.Namespace) -> int:
     params, _ = parameter_count(args.model, N, base.features, base.input_steps, base.horizon, base.hidden, base.layers,
                                 base.diffusion_steps, base.adaptive_adjacency)
     rates = _rates(args, base, N, cores)
+    fusion = int(args.fusion_threshold_mb * (1 << 20)) if args.fusion_threshold_mb >= 0 else None
     if args.calibrate:
         # Contention is measured for the rank counts that oversubscribe THIS machine, when it is
         # the node planned for (--cores not another's), up to a few ranks a core; beyond, the model.
         per_node = sorted({min(P, rpn or P) for P in args.np})
         here = cores == available_cores()
-        shared = tuple(R for R in per_node if here and oversubscribed(R, args.threads, cores, args.device)
-                       and R <= MAX_CALIBRATION_RANKS_PER_CORE * cores)
-        rates = calibrate(_data_file(args), base, rates, T, N, args.calibrate_dir or _tempdir(), params, backends[0],
-                          args.calibrate_repeats, shared, say=_progress)
+        shared = tuple(R for R in per_node if here and 1 < R <= MAX_CALIBRATION_RANKS_PER_CORE * cores
+                       and oversubscribed(R, args.threads, cores, args.device))
+        # The allreduce the np=R jobs' steps are measured net of is the one predict() adds back.
+        cal_rates = rates.with_given(**_allreduce_rates(args, backends[0]))
+        rates = calibrate(_data_file(args), base, cal_rates, T, N, args.calibrate_dir or _tempdir(), params,
+                          backends[0], args.calibrate_repeats, shared, fusion, args.compile, say=_progress)
     node_memory = int(args.node_memory_gb * GiB) if args.node_memory_gb else meminfo("MemTotal")
     device_memory = int(args.device_memory_gb * GiB) if args.device_memory_gb else None
-    fusion = int(args.fusion_threshold_mb * (1 << 20)) if args.fusion_threshold_mb >= 0 else None
     rows = []
     for backend in backends:
-        b_rates = rates
-        if args.allreduce:
-            alpha, beta = allreduce_fit(args.allreduce, backend)
-            b_rates = rates.with_given(alpha_s=alpha, beta_bytes_per_s=beta)
+        b_rates = rates.with_given(**_allreduce_rates(args, backend))
         for mode in DATA_MODES:
             inputs = dataclasses.replace(base, data_mode=mode)
             for P in args.np:
@@ -157,6 +156,14 @@ def cmd_plan_time(args: argparse.Namespace) -> int:
     else:
         print(render_time(name, T, N, params, base, args.epochs, rates, rows, node_memory, device_memory))
     return 0
+
+
+def _allreduce_rates(args: argparse.Namespace, backend: str) -> dict:
+    """`backend`'s alpha and beta from --allreduce (bench allreduce's fit), if given."""
+    if not args.allreduce:
+        return {}
+    alpha, beta = allreduce_fit(args.allreduce, backend)
+    return {"alpha_s": alpha, "beta_bytes_per_s": beta}
 
 
 def _progress(line: str) -> None:
@@ -223,7 +230,7 @@ def render_time(name, T, N, params, inputs: PlanInputs, epochs, rates: Rates, ro
     for backend in dict.fromkeys(r["backend"] for r in rows):
         for R in per_node:
             if oversubscribed(R, rates.threads, rates.cores, rates.device):
-                key = f"{backend}:{R}"
+                key = contention_key(backend, R)
                 where = rates.sources.get("contention", "") if key in rates.measured_contention else (
                     f"the model R (threads + s) / cores (--calibrate measures it on this machine, up to "
                     f"{MAX_CALIBRATION_RANKS_PER_CORE} ranks a core)")

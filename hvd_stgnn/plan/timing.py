@@ -8,8 +8,8 @@ A job of P ranks on K nodes (R = P / K per node), B windows per rank and step:
                    ranks time-share the cores, and with Horovod (s = 0.5) a waiting rank's
                    background thread and MPI progress loop spin and take part of a share;
                    DDP's gloo waits block (s = 0). The same T-GCN job, 4 ranks on 2 cores,
-                   measured 3.7x the one-rank step on one day and 2.6x on another: on shared
-                   cores, measure it.
+                   measured 3.7x the one-rank step on one day and 2.0x to 4.3x from run to run
+                   on another: on shared cores, measure it.
     allreduce(n)   m x 2 (P-1) alpha + 2 (P-1)/P x n / beta    ring allreduce of n bytes sent as
                    m messages (Horovod's fusion buffers / DDP's buckets); 0 when P = 1
     step           c x (batch + compute) + allreduce(4 x parameters)
@@ -18,11 +18,10 @@ A job of P ranks on K nodes (R = P / K per node), B windows per rank and step:
                    per step besides the step's phases (metric sums, bookkeeping)
                    steps = floor(training windows per rank / B) (every rank the same count)
                    validation = ceil(val windows per rank / B) x c x (batch + forward)
-    start-up       startup x (c if R > cores else 1)     launch, imports, MPI/Horovod init,
+    start-up       startup x (c1 if R > cores else 1)    launch, imports, MPI/Horovod init,
                                                          the memory plan: a fixed cost, CPU-bound
-                                                         (mostly one thread a rank), so it
-                                                         contends like the steps once ranks
-                                                         outnumber cores
+                                                         with one thread a rank, so c1 is the
+                                                         contention of R one-thread ranks
     load           T x N x 4 / read  (+ T x N x 4 / bcast to the other node leaders, K > 1)
     prepare        the z-score and data-health sums over the rank's share of the training span
                    (c x bytes / stats); materialized: every window of every split on every
@@ -135,8 +134,9 @@ def gradient_messages(grad_bytes: int, backend: str, fusion_bytes: int | None = 
     return max(1, math.ceil(grad_bytes / size))
 
 
-# Per rank, the share of a core its waiting threads take. Horovod: between the two days that
-# measured the same job (module docstring), s = 0.85 and 0.3; DDP (gloo blocks): assumed 0.
+# Per rank, the share of a core its waiting threads take. Horovod, the same job (module
+# docstring): s = 0.85 one day, 0 to 1.15 from run to run (median ~0.45) another; DDP (gloo
+# blocks): assumed 0.
 SPINNING_THREADS = {"horovod": 0.5, "ddp": 0.0}
 
 
@@ -201,7 +201,12 @@ def predict(inputs: PlanInputs, num_steps: int, num_nodes: int, world_size: int,
     test = eval_s(split.test, extra_batch=inputs.baselines)
     if inputs.baselines:
         test += c * share / rates.stats_bytes_per_s  # the historical average's slot sums
-    startup = rates.startup_s * (c if rates.device != "cuda" and ranks_per_node > rates.cores else 1.0)
+    shared = rates.device != "cuda" and ranks_per_node > rates.cores
+    # One thread a rank at start-up: the contention of R single-threaded ranks (a measured
+    # factor only if it was measured with one thread).
+    measured = rates.measured_contention if rates.threads == 1 else None
+    startup = rates.startup_s * (contention(ranks_per_node, 1, rates.cores, rates.device, backend, measured)
+                                 if shared else 1.0)
     total = startup + load + prepare + epochs * epoch + test
     return TimePlan(
         backend=backend, data_mode=inputs.data_mode, world_size=P, ranks_per_node=ranks_per_node, contention=c,

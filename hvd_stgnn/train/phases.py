@@ -96,6 +96,7 @@ class StepTracker:
         self.loop_seconds = 0.0  # in training steps, validation excluded
         self.samples = 0
         self._epoch_t0 = 0.0
+        self._epoch_loop_seconds = 0.0
         self._warm_t0: float | None = None  # when the warm-up steps ended
         self._warm_steps = 0
         self._warm_seconds = 0.0
@@ -118,14 +119,16 @@ class StepTracker:
     def end_epoch(self) -> None:
         """The epoch's training steps are done (before validation, which is not training time)."""
         now = time.perf_counter()
-        self.loop_seconds += now - self._epoch_t0
+        self._epoch_loop_seconds = now - self._epoch_t0
+        self.loop_seconds += self._epoch_loop_seconds
         if self._warm_t0 is not None:
             self._warm_seconds += now - max(self._warm_t0, self._epoch_t0)
         self.samples += self.timer.steps * self.samples_per_step
 
     def epoch_phases(self, epoch: int, allgather) -> EpochPhases:
         """Collective (`allgather`: every rank's object, in rank order): this epoch's phases."""
-        return EpochPhases(epoch=epoch, steps=self.timer.steps, **summarize(allgather(self.timer.per_step_ms())))
+        return EpochPhases(epoch=epoch, steps=self.timer.steps, loop_seconds=self._epoch_loop_seconds,
+                           **summarize(allgather(self.timer.per_step_ms())))
 
     def timing(self, prepare_seconds: float, epoch_seconds: list[float]) -> Timing:
         if self._warm_steps:
