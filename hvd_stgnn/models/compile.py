@@ -61,7 +61,10 @@ def thin_product_options() -> dict | None:
         setattr(pass_module, name, value)
     if not getattr(pass_module.should_decompose_bmm, "keeps_cpu_bmm", False):
         pass_module.should_decompose_bmm = _keep_cpu_bmm(pass_module.should_decompose_bmm)
-    return {"post_grad_fusion_options": {"decompose_mm_pass": dict(_THRESHOLDS)}}
+    # "keep_cpu_bmm" is read by nobody: it puts the bmm rule into inductor's cache key, which
+    # holds the config but not the module's globals (a graph compiled without the rule, cached
+    # on disk, would otherwise come back).
+    return {"post_grad_fusion_options": {"decompose_mm_pass": {**_THRESHOLDS, "keep_cpu_bmm": True}}}
 
 
 def _keep_cpu_bmm(should_decompose_bmm):
