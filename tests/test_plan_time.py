@@ -139,7 +139,7 @@ def _round(data, tmp_path):
 
     tmp_path.mkdir()
     cores = available_cores()
-    shared = {np_ for np_ in (1, 2, 4) if np_ > cores}  # one thread a rank: these oversubscribe the cores
+    shared = {np_ for np_ in (1, 2, 4) if oversubscribed(np_, 1, cores)}  # one thread a rank
     r = run_cli("plan", "--time", "--data", str(data), "--np", "1,2,4", "--threads", "1", "--cores", str(cores), *FLAGS,
                 "--epochs", str(EPOCHS), "--backends", "horovod", "--calibrate", "--calibrate-repeats", str(REPEATS),
                 "--calibrate-dir", str(tmp_path / "cal"), "--json", timeout=900)

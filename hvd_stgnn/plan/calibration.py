@@ -139,13 +139,10 @@ def _one_rank_figures(wall: float, res, windows: int, batch_size: int) -> dict:
     the phases), its phase step and its wall clock."""
     phases = res.last_phases
     batch_ms, phase_ms = phases.median("batch_ms"), phases.median("step_ms")
-    if phases.loop_seconds:  # the epoch's seconds are its training loop, then one validation pass
-        validation_s = max(0.0, res.epochs[-1].seconds - phases.loop_seconds)
-        loop_ms = 1e3 * phases.loop_seconds / phases.steps
-    else:  # results of an older trainer: the epochs' loops only as a sum, so the passes' mean
-        epoch_s = [e.seconds for e in res.epochs]
-        validation_s = max(0.0, (sum(epoch_s) - res.timing.train_loop_seconds) / len(epoch_s))
-        loop_ms = 1e3 * (epoch_s[-1] - validation_s) / phases.steps
+    # The epoch's seconds are its training loop, then one validation pass. (The job is this
+    # trainer's own, so its results always carry the epoch's loop_seconds.)
+    validation_s = max(0.0, res.epochs[-1].seconds - phases.loop_seconds)
+    loop_ms = 1e3 * phases.loop_seconds / phases.steps
     return {"step_ms": phase_ms - batch_ms, "batch_ms": batch_ms, "phase_ms": phase_ms, "wall": wall,
             "loop_ms": max(0.0, loop_ms - phase_ms),
             "forward_ms": max(0.0, 1e3 * validation_s / -(-windows // batch_size) - batch_ms)}
@@ -158,8 +155,8 @@ def calibrate(data, inputs: PlanInputs, rates: Rates, num_steps: int, num_nodes:
     np = 1 jobs here (the phase times include the backend's per-step work and the loop's
     bookkeeping; start-up is the wall clock less the predicted work, the first epoch's
     warm-up included), and, for every R in `oversubscribed` (ranks per node beyond this
-    node's cores), the contention factor of R
-    ranks: an np = R job's phase step, less the predicted allreduce, over the np = 1 job's.
+    node's cores), the contention factor of R ranks: an np = R job's phase step, less the
+    predicted allreduce, over the np = 1 job's.
     The allreduce is the one `predict` adds back: `rates`' alpha and beta, `fusion_bytes`.
     Every job runs `repeats` times, interleaved; each figure is the median over the runs."""
     from pathlib import Path
