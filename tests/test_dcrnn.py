@@ -178,3 +178,41 @@ def test_runs_at_2000_nodes_with_sparse_operators_only():
     assert out.shape == (2, 2, N) and torch.isfinite(out).all()
     out.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense"])
+@pytest.mark.parametrize("layers,K", [(1, 2), (2, 1), (2, 3)])
+def test_channel_major_layout_is_the_same_model(mode, layers, K):
+    """use_layout(True) ((N, C, B) inside, what compile_model picks for thin cells on the CPU)
+    gives the node-major model's outputs and gradients, scheduled sampling included."""
+    model = _model(N=13, hidden=3, mode=mode, decay=2, layers=layers, K=K)
+    model.train()
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(5, 6, 13, 2, generator=gen), torch.randn(5, 4, 13, generator=gen)
+    results = []
+    for channel_major in (False, True):
+        model.use_layout(channel_major)
+        assert all(m.channel_major == channel_major for m in model.modules() if hasattr(m, "channel_major"))
+        model.zero_grad()
+        model.batches_seen.zero_()
+        torch.manual_seed(7)  # the same coins
+        out = model(x, y)
+        (out - y).abs().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (out_n, grads_n), (out_c, grads_c) = results
+    assert out_c.shape == (5, 4, 13)
+    torch.testing.assert_close(out_c, out_n, rtol=1e-5, atol=1e-6)
+    for n, g in grads_n.items():
+        torch.testing.assert_close(grads_c[n], g, rtol=1e-4, atol=1e-6, msg=f"grad of {n}")
+
+
+def test_before_compile_picks_channel_major_only_for_thin_cells_on_the_cpu():
+    from hvd_stgnn.models.dcrnn import CHANNEL_MAJOR_MAX_WIDTH
+
+    thin, wide = _model(hidden=2, layers=1), _model(hidden=8, layers=2)
+    assert thin.cell_width() == 4 <= CHANNEL_MAJOR_MAX_WIDTH < wide.cell_width() == 16
+    thin.before_compile(torch.device("cpu"))
+    wide.before_compile(torch.device("cpu"))
+    assert thin.channel_major and not wide.channel_major
+    thin.before_compile(torch.device("cuda"))  # a device only, nothing runs there
+    assert not thin.channel_major

@@ -13,6 +13,9 @@ Each model class names what to compile in `compile_targets`:
   makes, and the softmax-weighted context over the L states.
 - Graph WaveNet (`self`): the whole forward; it has no recurrence (8 gated layers).
 
+A model may also have `before_compile(device)`, called first: DCRNN turns to a channel-major
+layout there when its cells are thin (models/dcrnn.py, CHANNEL_MAJOR_MAX_WIDTH).
+
 Sparse graph products are the custom op `hvd_stgnn::csr_matmul` (models/graph.py): opaque to
 inductor, no graph break. Modules are compiled in place (nn.Module.compile), so parameter
 names, state_dict keys, hooks and the model object the trainer holds are unchanged; methods
@@ -34,52 +37,6 @@ from torch import nn
 RECOMPILE_LIMIT = 32
 
 
-# Thin products, a handful of input and output columns over N * B rows (DCRNN's diffusion
-# convolutions at small hidden sizes: (13,248 x 4) @ (4 x 20) at hidden 2), cost MKL 60-300 us
-# each whatever their few flops. Inductor's decompose_mm_pass rewrites such a product as a
-# multiply-and-sum that fuses into the neighbouring loops; on the CPU it only takes
-# vector-matrix products unless told otherwise. Widened here to any row count with a second
-# matrix of at most THIN_PRODUCT_COLUMNS x THIN_PRODUCT_COLUMNS (mm and addmm; never bmm, which
-# the pass would take at any size on the CPU). Measured (bench models, DCRNN hidden 2, 1 layer,
-# N = 207, B = 64, 1 thread, compiled): 93.6 -> 72.1 ms a step. CPU models only, through the
-# compile's own options: a CUDA model compiled in the same process is not affected.
-THIN_PRODUCT_COLUMNS = 20
-_THRESHOLDS = {"cpu_max_first_dimension_decomposition": 1 << 62,
-               "cpu_max_other_dimension_decomposition": THIN_PRODUCT_COLUMNS}
-
-
-def thin_product_options() -> dict | None:
-    """torch.compile options that decompose thin CPU products, or None where this torch's
-    pass differs from the one measured (torch 2.13: its thresholds are module globals)."""
-    from torch._inductor.fx_passes import decompose_mem_bound_mm as pass_module
-
-    if not all(hasattr(pass_module, name) for name in (*_THRESHOLDS, "should_decompose_bmm")):
-        return None
-    # The pass reads its thresholds when first imported (the first compilation of the
-    # process), so they are set on the module: the same result whatever compiled before.
-    for name, value in _THRESHOLDS.items():
-        setattr(pass_module, name, value)
-    if not getattr(pass_module.should_decompose_bmm, "keeps_cpu_bmm", False):
-        pass_module.should_decompose_bmm = _keep_cpu_bmm(pass_module.should_decompose_bmm)
-    # "keep_cpu_bmm" is read by nobody: it puts the bmm rule into inductor's cache key, which
-    # holds the config but not the module's globals (a graph compiled without the rule, cached
-    # on disk, would otherwise come back).
-    return {"post_grad_fusion_options": {"decompose_mm_pass": {**_THRESHOLDS, "keep_cpu_bmm": True}}}
-
-
-def _keep_cpu_bmm(should_decompose_bmm):
-    """The pass's bmm test, never true for CPU tensors (its CPU rule is the batch size alone)."""
-
-    def test(mat1, mat2) -> bool:
-        val = getattr(mat1, "meta", {}).get("val")
-        if val is not None and val.device.type == "cpu":
-            return False
-        return should_decompose_bmm(mat1, mat2)
-
-    test.keeps_cpu_bmm = True
-    return test
-
-
 def compile_model(model: nn.Module) -> nn.Module:
     """`model` with the parts its class lists in `compile_targets` compiled in place; a model
     without that attribute is compiled whole. Returns the same object."""
@@ -88,17 +45,19 @@ def compile_model(model: nn.Module) -> nn.Module:
     config = torch._dynamo.config
     if getattr(config, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
         config.recompile_limit = RECOMPILE_LIMIT
-    options = thin_product_options() if all(p.device.type == "cpu" for p in model.parameters()) else None
+    before = getattr(model, "before_compile", None)  # a layout that suits the compiled code (DCRNN)
+    if before is not None:
+        before(next(model.parameters()).device)
     for name in getattr(model, "compile_targets", ("self",)):
         if name == "self":
-            model.compile(dynamic=False, options=options)
+            model.compile(dynamic=False)
             continue
         target = getattr(model, name)
         for module in target if isinstance(target, nn.ModuleList) else [target]:
             if isinstance(module, nn.Module):
-                module.forward = _grad_uniform(torch.compile(module.forward, dynamic=False, options=options))
+                module.forward = _grad_uniform(torch.compile(module.forward, dynamic=False))
             else:  # a bound method
-                setattr(model, name, _grad_uniform(torch.compile(module, dynamic=False, options=options)))
+                setattr(model, name, _grad_uniform(torch.compile(module, dynamic=False)))
     return model
 
 
