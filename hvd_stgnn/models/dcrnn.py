@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # models/__init__.py imports this module
 # channel-major in one process): hidden 2 (4 channels) 84.5 vs 53.1 and 94.2 vs 61.9 ms;
 # hidden 8 (10) 224 vs 224; hidden 16 581 vs 620; hidden 32 1411 vs 1685; hidden 64 3669 vs
 # 4155 ms (one GEMM over N B rows beats N small ones). In eager mode channel-major is slower
-# at every size (hidden 2: 97 vs 165 ms): it is a compiled layout only.
+# (hidden 2: 97 vs 165 ms, 115 vs 154 with a batched matmul): a compiled layout only.
 CHANNEL_MAJOR_MAX_WIDTH = 8
 
 
@@ -127,7 +127,7 @@ class DiffusionConv(nn.Module):
         """x (N, B, C) node-major -> (N, B, out), with (w, bias) = power_weights();
         channel-major (`channel_major`): x (N, C, B) -> (N, out, B)."""
         T, O, K, D = self.num_terms, self.out_features, self.k, len(self.operators)
-        # Every term's projection in one GEMM; unbind, not indexing: its backward stacks the T
+        # Every term's projection in one product; unbind, not indexing: its backward stacks the T
         # gradients once, where each slice's backward would zero-fill a whole (N, B, T, O) tensor.
         if self.channel_major:
             y = mix_channels(x, w, bias).unflatten(1, (T, O)).unbind(1)  # T x (N, O, B)
