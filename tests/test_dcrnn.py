@@ -181,7 +181,7 @@ def test_runs_at_2000_nodes_with_sparse_operators_only():
 
 
 @pytest.mark.parametrize("mode", ["sparse", "dense"])
-@pytest.mark.parametrize("layers,K", [(1, 2), (2, 1), (2, 3)])
+@pytest.mark.parametrize("layers,K", [(1, 2), (2, 1), (2, 3), (1, 0)])
 def test_channel_major_layout_is_the_same_model(mode, layers, K):
     """use_layout(True) ((N, C, B) inside, what compile_model picks for thin cells on the CPU)
     gives the node-major model's outputs and gradients, scheduled sampling included."""
@@ -216,3 +216,25 @@ def test_before_compile_picks_channel_major_only_for_thin_cells_on_the_cpu():
     assert thin.channel_major and not wide.channel_major
     thin.before_compile(torch.device("cuda"))  # a device only, nothing runs there
     assert not thin.channel_major
+
+
+def test_channel_major_diffusion_conv_and_bf16():
+    """A channel-major DiffusionConv still takes (B, N, C); under bf16 autocast a channel-major
+    model stays close to float32 (its channel mixing runs in float32: models/ops.py) and its
+    gradients are float32."""
+    model = _model(N=13, hidden=2, layers=1)
+    conv = model.encoder[0].gates
+    x = torch.randn(5, 13, conv.in_features)
+    node_major = conv(x)
+    model.use_layout(True)
+    torch.testing.assert_close(conv(x), node_major, rtol=1e-5, atol=1e-6)
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(5, 6, 13, 2, generator=gen), torch.randn(5, 4, 13, generator=gen)
+    ref = (model(x) - y).abs().mean()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    loss = (out.float() - y).abs().mean()
+    assert abs(loss.item() - ref.item()) <= 0.02 * ref.item(), (loss.item(), ref.item())
+    loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n

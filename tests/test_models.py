@@ -106,6 +106,27 @@ def test_a3tgcn_carries_its_recurrent_state():
     assert not torch.allclose(model(x), model(x2))
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_a3tgcn_attention_is_the_softmax_over_time_of_the_stacked_states(scale):
+    """attend sums over the lists (no stacked copy); the same function, values and gradients,
+    as softmax over a stack, also for scores far outside exp's range."""
+    torch.manual_seed(0)
+    ei, ew = _graph(8)
+    model = build_model("a3tgcn", ModelInputs(ei, ew, 8, 2, 6, 2, hidden=5)).double()
+    states = [torch.randn(8, 3, 5, dtype=torch.float64, requires_grad=True) for _ in range(6)]
+    scores = [(scale * torch.randn(8, 3, 1, dtype=torch.float64)).requires_grad_() for _ in range(6)]
+    out = model.attend(states, scores)
+    weights = torch.softmax(torch.stack(scores), dim=0)
+    ref = model.head((weights * torch.stack(states)).sum(0)).permute(1, 2, 0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, states + scores, g)
+    want = torch.autograd.grad(ref, states + scores, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 def test_registry_is_a_dict_and_rejects_unknown_names():
     assert "tgcn" in MODELS
     with pytest.raises(ValueError, match="unknown model 'nope'"):
@@ -201,6 +222,18 @@ def test_linear_has_the_gradients_of_f_linear(columns):
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(linear(x, w, b), torch.nn.functional.linear(x, w, b))
     assert torch.autograd.gradcheck(linear, (x, w, b))
+
+
+@pytest.mark.parametrize("out_features,in_features", [(1, 3), (5, 4), (7, 9)])
+def test_mix_channels_is_a_linear_over_axis_1(out_features, in_features):
+    from hvd_stgnn.models.ops import mix_channels
+
+    x = torch.randn(6, in_features, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(out_features, in_features, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(out_features, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.linear(x.transpose(1, 2), w, b).transpose(1, 2)  # (6, O, 4)
+    torch.testing.assert_close(mix_channels(x, w, b), ref)
+    assert torch.autograd.gradcheck(mix_channels, (x, w, b))
 
 
 def test_compiled_tanh_form_is_tanh():

@@ -46,8 +46,9 @@ def compile_model(model: nn.Module) -> nn.Module:
     if getattr(config, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
         config.recompile_limit = RECOMPILE_LIMIT
     before = getattr(model, "before_compile", None)  # a layout that suits the compiled code (DCRNN)
-    if before is not None:
-        before(next(model.parameters()).device)
+    devices = {p.device for p in model.parameters()}
+    if before is not None and len(devices) == 1:
+        before(devices.pop())
     for name in getattr(model, "compile_targets", ("self",)):
         if name == "self":
             model.compile(dynamic=False)

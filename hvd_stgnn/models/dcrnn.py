@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # models/__init__.py imports this module
 # channel-major in one process): hidden 2 (4 channels) 84.5 vs 53.1 and 94.2 vs 61.9 ms;
 # hidden 8 (10) 224 vs 224; hidden 16 581 vs 620; hidden 32 1411 vs 1685; hidden 64 3669 vs
 # 4155 ms (one GEMM over N B rows beats N small ones). In eager mode channel-major is slower
-# (hidden 2: 97 vs 165 ms, 115 vs 154 with a batched matmul): a compiled layout only.
+# (hidden 2: 97 vs 165 ms, 115 vs 154 with a batched matmul): a compiled layout only. Widths
+# 5-8 lie between the two measured points (4 and 10 channels). Batches of fewer than 16 (a
+# last partial batch) fill less than one vector along B: correct, no faster.
 CHANNEL_MAJOR_MAX_WIDTH = 8
 
 
@@ -148,7 +150,9 @@ class DiffusionConv(nn.Module):
         return torch.cat([y[1 + d * self.k + j - 1] for d in range(len(self.operators))])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, N, C) -> (B, N, out); equal to `reference(x)` up to rounding."""
+        """x (B, N, C) -> (B, N, out), in either layout; equal to `reference(x)` up to rounding."""
+        if self.channel_major:
+            return self.nodes_first(x.permute(1, 2, 0), *self.power_weights()).permute(2, 0, 1)
         return self.nodes_first(x.transpose(0, 1), *self.power_weights()).transpose(0, 1)
 
 
@@ -227,7 +231,9 @@ class DCRNN(nn.Module):
 
     def use_layout(self, channel_major: bool) -> None:
         """Node-major (N, B, C) or channel-major (N, C, B) tensors inside: same numbers, same
-        parameters; the input and output stay (B, L, N, F) and (B, H, N)."""
+        parameters; the input and output stay (B, L, N, F) and (B, H, N). Meant to be set
+        before compile_model (which calls before_compile): flipped afterwards, every compiled
+        cell compiles again for the other layout."""
         for m in self.modules():
             if isinstance(m, (DCRNN, DCGRUCell, DiffusionConv)):
                 m.channel_major = channel_major
@@ -258,7 +264,8 @@ class DCRNN(nn.Module):
         if sample:
             # Coins drawn on x's device and chosen by torch.where: no host sync per step.
             coins = torch.rand(self.horizon, device=x.device) < self.sampling_probability()
-            truth = teacher.permute(1, 2, 0).unsqueeze(2 if cm else -1)  # (H, N, B, 1) or (H, N, 1, B)
+            # (H, N, B, 1) or (H, N, 1, B), contiguous: truth[t] may become a cell's input
+            truth = teacher.permute(1, 2, 0).unsqueeze(2 if cm else -1).contiguous()
         weights = [cell.power_weights() for cell in self.decoder]
         inp = x.new_zeros((N, 1, B) if cm else (N, B, 1))  # GO symbol
         preds = []

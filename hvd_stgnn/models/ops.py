@@ -68,13 +68,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return _Linear.apply(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
 
+MIX_AS_SUM = 16  # mix_channels(): weights of up to this many entries as a multiply-and-sum in eager mode too
+
+
 def mix_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """A Linear over axis 1 of a channel-major tensor: x (N, C, B) -> (N, O, B),
     out[n, o, b] = sum_c weight[o, c] x[n, c, b] + bias[o].
 
     As a multiply-and-sum where it is compiled (inductor makes it one loop over B, vectorized,
     with the C terms unrolled: the layout exists for cells of a few channels, models/dcrnn.py)
-    or tiny (a read-out to one value); otherwise a matmul broadcast over the N nodes."""
-    if torch.compiler.is_compiling() or weight.numel() <= THIN:
+    or tiny (a read-out to one value); otherwise a matmul broadcast over the N nodes. Under
+    autocast the multiply-and-sum is not cast: it runs in x's dtype (float32), with weights
+    that autocast may have rounded before (DCRNN's power-basis einsum)."""
+    if torch.compiler.is_compiling() or weight.numel() <= MIX_AS_SUM:
         return (weight[:, :, None] * x.unsqueeze(1)).sum(2) + bias[:, None]
     return torch.matmul(weight, x) + bias[:, None]
