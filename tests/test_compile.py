@@ -36,6 +36,23 @@ def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+def _assert_compiled_matches_eager(eager, compiled, x, y, label: str) -> None:
+    """Two training steps (the second runs the compiled graphs without compiling), the same
+    seed before each, then evaluation: outputs and gradients equal."""
+    for step in range(2):
+        torch.manual_seed(step)
+        out_e, grads_e = _loss_and_grads(eager, x, y)
+        torch.manual_seed(step)
+        out_c, grads_c = _loss_and_grads(compiled, x, y)
+        torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
+        for n, g in grads_e.items():
+            torch.testing.assert_close(grads_c[n], g, rtol=1e-4, atol=1e-6, msg=f"{label}: grad of {n}")
+    compiled.eval()
+    eager.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sparse", "dense"])
 @pytest.mark.parametrize("name", list(MODELS))
@@ -52,18 +69,7 @@ def test_compiled_model_matches_eager_forward_and_backward(name, mode):
     # Graph WaveNet's dropout: inductor draws its own random numbers unless told to use eager's.
     # Hitting the recompile limit would fall back to eager mode silently: fail instead.
     with inductor_config.patch(fallback_random=True), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        for step in range(2):  # the second step runs the compiled graphs without compiling
-            torch.manual_seed(step)
-            out_e, grads_e = _loss_and_grads(eager, x, y)
-            torch.manual_seed(step)
-            out_c, grads_c = _loss_and_grads(compiled, x, y)
-            torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
-            for n, g in grads_e.items():
-                torch.testing.assert_close(grads_c[n], g, rtol=1e-4, atol=1e-6, msg=f"{name} {mode}: grad of {n}")
-        compiled.eval()
-        eager.eval()
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-6)
+        _assert_compiled_matches_eager(eager, compiled, x, y, f"{name} {mode}")
     assert counters["stats"]["unique_graphs"] > 0  # it did compile
     assert not counters["graph_break"], dict(counters["graph_break"])  # the sparse products included
 
@@ -90,18 +96,7 @@ def test_thin_dcrnn_compiles_channel_major_and_matches_eager(mode):
     assert compiled.channel_major and not eager.channel_major
     x, y = _batch()
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        for step in range(2):
-            torch.manual_seed(step)
-            out_e, grads_e = _loss_and_grads(eager, x, y)
-            torch.manual_seed(step)
-            out_c, grads_c = _loss_and_grads(compiled, x, y)
-            torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
-            for n, g in grads_e.items():
-                torch.testing.assert_close(grads_c[n], g, rtol=1e-4, atol=1e-6, msg=f"grad of {n}")
-    compiled.eval()
-    eager.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-6)
+        _assert_compiled_matches_eager(eager, compiled, x, y, "dcrnn channel-major")
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
