@@ -85,7 +85,7 @@ class Timing:
 class RankMemory:
     host: str = ""
     peak_rss_bytes: int = 0
-    pss_peak_bytes: int = 0  # PSS sampled after loading and after every epoch
+    pss_peak_bytes: int = 0  # largest PSS sample: after loading, every epoch, the materialized build's peak
     cuda_peak_bytes: int = 0  # the allocator's peak since data preparation (the data on the GPU included)
     cuda_peak_reserved_bytes: int = 0  # what the caching allocator held from the driver at most
 

@@ -266,9 +266,10 @@ def test_cli_errors_name_the_flag(argv, error, match, capsys):
 # - node: the predicted node total (series + libraries + 2 x per-rank private peak) against
 #   `memory.max_node_pss_peak_bytes`, the sum over the node's ranks of PSS (shared pages
 #   split between the processes mapping them, so the series and the libraries count once
-#   per node, which is what the node total models). PSS is sampled after loading and after
-#   each epoch, not at the step peak; glibc keeps the freed step memory in the heap, so the
-#   samples see it (measured: RSS after a step stays at its peak).
+#   per node, which is what the node total models). PSS is sampled after loading, after
+#   each epoch and at the materialized build's peak, not at the step peak; glibc keeps the
+#   freed step memory in the heap, so the samples see it (measured: RSS after a step stays
+#   at its peak).
 # - rank: the predicted peak RSS of the node leader (private peak + libraries + the whole
 #   series, which the leader wrote) against max over ranks of `peak_rss_bytes` (ru_maxrss,
 #   which counts every resident shared page in full: the leader's is the largest).

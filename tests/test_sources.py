@@ -1,5 +1,7 @@
 """Batch sources: shard slices and halos, index == materialized, shuffle modes, determinism."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,38 @@ def test_materialized_batches_equal_index_batches_for_every_start():
             _same(a(starts), b(starts))
     x = mat["train"].x
     assert x.shape == (splits["train"].count, L, speed.shape[1], 3)
+
+
+def test_materialized_build_samples_pss_while_parts_and_windows_coexist(monkeypatch):
+    """The build's transient peak (a split's parts and their concatenation, both alive) is
+    where PSS must be sampled for the job's node peak: PSS keeps no peak of its own."""
+    import hvd_stgnn.batching.sources as sources
+
+    seen = []
+
+    def sample():
+        frame = sys._getframe(1)  # the MaterializedSource being built
+        parts, built = frame.f_locals["parts"], frame.f_locals["self"]
+        seen.append((sum(p.x.shape[0] for p in parts), built.x.shape[0]))
+        return 0
+
+    monkeypatch.setattr(sources, "sample_pss", sample)
+    speed, ts = _series()
+    splits = _splits(len(ts))
+    build_sources(speed, ts, splits, SPEC, 0, 1, seed=0, data_mode="materialized")
+    assert seen == [(s.count, s.count) for s in splits.values()]
+
+
+def test_pss_peak_is_the_largest_sample():
+    from hvd_stgnn.profiling.memory import pss_peak_bytes, sample_pss
+
+    first = sample_pss()
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, touched
+    second = sample_pss()
+    del block
+    third = sample_pss()
+    assert first > 0 and second > first + (32 << 20)
+    assert pss_peak_bytes() >= second >= third
 
 
 @pytest.mark.parametrize("shuffle,data_mode", [("shard", "index"), ("global", "index"), ("shard", "materialized")])

@@ -28,6 +28,7 @@ from torch.utils.data import DistributedSampler
 from hvd_stgnn.batching.gather import Batch, WindowGather
 from hvd_stgnn.batching.shards import balanced_range, epoch_order, shard_range
 from hvd_stgnn.batching.windows import StartRange
+from hvd_stgnn.profiling.memory import sample_pss
 
 SHUFFLE_MODES = ("shard", "global")
 DATA_MODES = ("index", "materialized")
@@ -132,6 +133,7 @@ class MaterializedSource(BatchSource):
         self.x = torch.cat([p.x for p in parts])
         self.y = torch.cat([p.y for p in parts])
         self.mask = torch.cat([p.mask for p in parts])
+        sample_pss()  # the build's peak (parts and their concatenation coexist): PSS keeps no peak itself
         del parts
         self.sampler = DistributedSampler(range(split.count), num_replicas=size, rank=rank, shuffle=True, seed=seed)
 

@@ -27,6 +27,7 @@ from hvd_stgnn.parallel.launcher import (
 )
 
 DDP_DEFAULT_BUCKET_MB = 25.0  # torch's default bucket_cap_mb
+MPI_SUM_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64)  # numpy-backed, MPI-summable
 
 
 def tensors_to_cpu(obj):
@@ -93,7 +94,19 @@ class DDPBackend(Backend):
         place, and callers' inputs must stay as they were (a CUDA input too)."""
         return tensor.to(self.device, copy=True)
 
+    # Small CPU collectives (metric sums, pickled objects) go over MPI where the job has it.
+    # Over gloo, a worker thread can still hold a collective's tensor after the call returns,
+    # and hold it last (torch's *_object functions drop theirs at once); if that was the job's
+    # last collective, the thread frees it while the interpreter shuts down: std::terminate,
+    # SIGABRT (seen once in CI, the end of a 2-rank run). destroy_process_group cannot join
+    # those threads once DDP has wrapped a model (the group outlives it), so the race is
+    # avoided here. Gradients stay on the process group: that is what DDP is measured on.
+
     def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device.type == "cpu" and self._comm is not None and tensor.dtype in MPI_SUM_DTYPES:
+            out = tensor.detach().clone(memory_format=torch.contiguous_format)
+            self._comm.Allreduce(self._mpi.IN_PLACE, out.numpy(), op=self._mpi.SUM)
+            return out
         if tensor.device.type == "cpu":
             out = tensor.clone()
             dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self._cpu_group)
@@ -103,11 +116,15 @@ class DDPBackend(Backend):
         return out.to(tensor.device)
 
     def broadcast_object(self, obj):
+        if self._comm is not None:
+            return self._comm.bcast(obj, root=0)
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self._cpu_group)
         return box[0]
 
     def allgather_object(self, obj):
+        if self._comm is not None:
+            return self._comm.allgather(obj)
         out = [None] * self.size
         dist.all_gather_object(out, obj, group=self._cpu_group)
         return out

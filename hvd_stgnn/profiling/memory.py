@@ -67,24 +67,39 @@ def process_pss_bytes() -> int:
     raise RuntimeError("no Pss line in /proc/self/smaps_rollup")
 
 
+_pss_peak_bytes = 0  # the largest PSS sample this process took (PSS has no kernel-kept peak)
+
+
+def sample_pss() -> int:
+    """This process's PSS now, kept as the process's PSS peak if it is the largest so far.
+    Called where a transient peak is (e.g. while materialized windows are being built) as
+    well as after loading and after each epoch."""
+    global _pss_peak_bytes
+    pss = process_pss_bytes()
+    _pss_peak_bytes = max(_pss_peak_bytes, pss)
+    return pss
+
+
+def pss_peak_bytes() -> int:
+    """The largest PSS `sample_pss` saw in this process (0 before the first sample)."""
+    return _pss_peak_bytes
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (ru_maxrss, KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class MemoryMonitor:
-    """One rank's memory over a job: PSS sampled where the caller asks (after loading, after
-    each epoch: PSS has no kernel-kept peak), the kernel's peak RSS, and the CUDA allocator's
-    peak on a GPU."""
+    """One rank's memory over a job: the PSS peak of the samples taken (`sample_pss`: after
+    loading, after each epoch, and inside data preparation at its transient peak), the
+    kernel's peak RSS, and the CUDA allocator's peak on a GPU."""
 
     def __init__(self, device) -> None:
         self.device = device
-        self.pss_peak = 0
 
     def sample(self) -> int:
-        pss = process_pss_bytes()
-        self.pss_peak = max(self.pss_peak, pss)
-        return pss
+        return sample_pss()
 
     def reset_device_peak(self) -> None:
         """Start the GPU peak here (after data preparation)."""
@@ -100,5 +115,5 @@ class MemoryMonitor:
 
             allocated = torch.cuda.max_memory_allocated(self.device)
             reserved = torch.cuda.max_memory_reserved(self.device)
-        return RankMemory(host=socket.gethostname(), peak_rss_bytes=peak_rss_bytes(), pss_peak_bytes=self.pss_peak,
+        return RankMemory(host=socket.gethostname(), peak_rss_bytes=peak_rss_bytes(), pss_peak_bytes=pss_peak_bytes(),
                           cuda_peak_bytes=allocated, cuda_peak_reserved_bytes=reserved)
