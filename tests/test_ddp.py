@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,5 +107,4 @@ def test_ddp_small_collectives_under_mpirun():
     r = subprocess.run(["bash", str(REPO / "jobs" / "local.sh"), "-np", "2", sys.executable, "-c", _COLLECTIVES_WORKER],
                        capture_output=True, text=True, timeout=120, env=subprocess_env(), cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(line for line in r.stdout.splitlines() if line.startswith("collectives ok")) == \
-        ["collectives ok 0", "collectives ok 1"]
+    assert sorted(re.findall(r"collectives ok (\d)", r.stdout)) == ["0", "1"]  # the ranks' lines may interleave
