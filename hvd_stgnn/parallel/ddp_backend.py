@@ -103,13 +103,13 @@ class DDPBackend(Backend):
     # avoided here. Gradients stay on the process group: that is what DDP is measured on.
 
     def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.device.type == "cpu" and self._comm is not None and tensor.dtype in MPI_SUM_DTYPES:
-            out = tensor.detach().clone(memory_format=torch.contiguous_format)
-            self._comm.Allreduce(self._mpi.IN_PLACE, out.numpy(), op=self._mpi.SUM)
-            return out
         if tensor.device.type == "cpu":
-            out = tensor.clone()
-            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self._cpu_group)
+            if self._comm is not None and tensor.dtype in MPI_SUM_DTYPES:
+                out = tensor.detach().clone(memory_format=torch.contiguous_format)  # a buffer MPI can read
+                self._comm.Allreduce(self._mpi.IN_PLACE, out.numpy(), op=self._mpi.SUM)
+            else:
+                out = tensor.clone()
+                dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self._cpu_group)
             return out
         out = self._to_comm_device(tensor)
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
