@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,37 @@ def tensors_to_cpu(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(tensors_to_cpu(v) for v in obj)
     return obj
+
+
+def wait_for_gloo_workers(timeout_s: float = 2.0, poll_s: float = 0.01) -> None:
+    """Return once no gloo worker thread of this process is runnable (two polls in a row),
+    or after `timeout_s`. The GIL is released while waiting, so a worker blocked on it to
+    free a collective's tensor can finish. Why: after DDP has wrapped a model,
+    destroy_process_group leaves gloo's threads alive (the group outlives it), and a worker
+    that frees a Python-owned tensor once the interpreter is finalizing aborts the process
+    (std::terminate, SIGABRT; seen in CI at the end of 2-rank mpirun and torchrun runs)."""
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        quiet = quiet + 1 if not _runnable_gloo_workers() else 0
+
+
+def _runnable_gloo_workers() -> bool:
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return False  # no procfs: the sleep above is all there is
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended
+        name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+        if name.startswith("pt_gloo") and state == "R":
+            return True
+    return False
 
 
 def _free_port() -> int:
@@ -200,3 +232,4 @@ class DDPBackend(Backend):
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+            wait_for_gloo_workers()
